@@ -75,8 +75,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(_files: &[PathBuf]) -> ExitCode {
-    not_built("validate", "the config checker")
+/// Problems go to stderr, one per line as `file:line:column: path: message`; stdout gets a
+/// one-line summary only when everything is valid.
+fn validate(files: &[PathBuf]) -> ExitCode {
+    match skiff_config::load_files(files) {
+        Ok(stack) => {
+            println!(
+                "ok: {} task definition(s), {} service(s)",
+                stack.task_definitions.len(),
+                stack.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{} problem(s) found", problems.len());
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn not_built(cmd: &str, what: &str) -> ExitCode {

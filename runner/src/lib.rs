@@ -1,1 +1,256 @@
-//! placeholder
+//! skiff-runner: starts ECS services from their JSON as local processes, with the sidecar injected.
+//!
+//! Each task is a set of child processes: the Service Connect sidecar (`skiff proxy`) first, then
+//! the task definition's containers (`entryPoint` + `command`) in `dependsOn` order. Skiff does not
+//! pull or run images; `image` is recorded and shown. Tasks share the host network and each gets
+//! its own loopback address (`127.1.<service>.<slot>`), which its app binds (`SKIFF_APP_HOST`).
+
+mod health;
+mod netns;
+mod plan;
+mod process;
+mod publish;
+mod service;
+mod stack;
+mod state;
+mod task;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{mpsc, watch};
+
+pub use health::Health;
+pub use plan::{
+    Condition, ContainerPlan, DEFAULT_STOP_TIMEOUT, Dependency, HealthCheckPlan, HealthCommand,
+    PublishedPort, ServicePlan,
+};
+pub use service::ServiceState;
+pub use stack::load;
+pub use state::{StackState, print_ps};
+pub use task::{IngressReady, SidecarReady, TaskInfo, TaskStatus};
+
+/// The sidecar's drain window for tasks the runner stops (DESIGN.md: 20 s by default).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("container command is empty")]
+    EmptyCommand,
+    #[error("cannot start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sidecar exited before it was ready ({0})")]
+    SidecarExited(String),
+    #[error("sidecar was not ready after {0:?}")]
+    SidecarTimeout(Duration),
+    #[error("cannot publish host port {port}")]
+    Publish {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("too many services in one stack (at most 250)")]
+    TooManyServices,
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("registry URL {0:?} is not http://HOST:PORT")]
+    RegistryUrl(String),
+    #[error("cannot listen for the registry on the task bridge")]
+    Forwarder(#[source] std::io::Error),
+}
+
+/// How `skiff up` runs a stack.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The `skiff` executable, for sidecars and for `skiff ...` container commands.
+    pub skiff_exe: PathBuf,
+    /// The registry every sidecar talks to.
+    pub registry_url: String,
+    /// Where task ready files and `state.json` (read by `skiff ps`) live.
+    pub state_dir: PathBuf,
+    pub drain: Duration,
+    pub network_mode: NetworkMode,
+}
+
+/// How tasks are networked (ECS's `networkMode`, as this machine can provide it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Tasks share the host network, each on its own loopback address (`bridge` maps here too).
+    Host,
+    /// Each task in its own network namespace (needs root), as ECS's awsvpc gives each its ENI.
+    Awsvpc {
+        /// The private range task addresses come from; the bridge takes its first address.
+        cidr: (std::net::Ipv4Addr, u8),
+    },
+}
+
+impl NetworkMode {
+    /// `awsvpc` when running as root, else `host`.
+    pub fn best_available() -> NetworkMode {
+        if nix::unistd::Uid::effective().is_root() {
+            NetworkMode::Awsvpc {
+                cidr: netns::DEFAULT_TASK_CIDR,
+            }
+        } else {
+            NetworkMode::Host
+        }
+    }
+}
+
+/// Runs every service of the stack until `shutdown` resolves, then stops every task
+/// (drain, SIGTERM, SIGKILL after `stopTimeout`) and returns once nothing is left running.
+pub async fn up(
+    services: Vec<ServicePlan>,
+    opts: UpOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunnerError> {
+    if services.len() > 250 {
+        return Err(RunnerError::TooManyServices);
+    }
+    tokio::fs::create_dir_all(&opts.state_dir)
+        .await
+        .map_err(|source| RunnerError::StateDir {
+            path: opts.state_dir.clone(),
+            source,
+        })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (network, task_registry_url, forwarder) = match opts.network_mode {
+        NetworkMode::Host => (None, opts.registry_url.clone(), None),
+        NetworkMode::Awsvpc { cidr } => {
+            let net = Arc::new(netns::Network::create(&opts.state_dir, cidr).await?);
+            // Sidecars inside task namespaces reach the registry through the bridge address.
+            let (url, fwd) = match registry_forwarder(&opts.registry_url, &net, stop_rx.clone()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    net.destroy().await;
+                    return Err(e);
+                }
+            };
+            (Some(net), url, Some(fwd))
+        }
+    };
+    let (log_tx, log_rx) = mpsc::channel(4096);
+    let printer = tokio::spawn(print_logs(log_rx));
+    let ctx = task::TaskContext {
+        skiff_exe: opts.skiff_exe.clone(),
+        registry_url: task_registry_url,
+        state_dir: opts.state_dir.clone(),
+        logs: log_tx,
+        drain: opts.drain,
+        network: network.clone(),
+    };
+
+    let mut schedulers = Vec::new();
+    let mut publishers = Vec::new();
+    let mut states = Vec::new();
+    for (index, plan) in services.into_iter().enumerate() {
+        let plan = Arc::new(plan);
+        let (state_tx, state_rx) = watch::channel(ServiceState {
+            name: plan.name.clone(),
+            desired_count: plan.desired_count,
+            tasks: Vec::new(),
+            events: Vec::new(),
+        });
+        for port in &plan.published {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port.host_port));
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
+                RunnerError::Publish {
+                    port: port.host_port,
+                    source,
+                }
+            })?;
+            publishers.push(tokio::spawn(publish::run(
+                listener,
+                port.clone(),
+                state_rx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        states.push(state_rx);
+        let index = u8::try_from(index).map_err(|_| RunnerError::TooManyServices)?;
+        schedulers.push(tokio::spawn(service::run(
+            ctx.clone(),
+            plan,
+            index,
+            stop_rx.clone(),
+            state_tx,
+        )));
+    }
+    drop(ctx);
+
+    let writer = tokio::spawn(state::write_loop(
+        opts.state_dir.join("state.json"),
+        opts.registry_url.clone(),
+        states,
+        stop_rx.clone(),
+    ));
+    shutdown.await;
+    tracing::info!("stopping every task (drain, SIGTERM, SIGKILL after stopTimeout)");
+    let _ = stop_tx.send(true);
+    for s in schedulers {
+        let _ = s.await;
+    }
+    for p in publishers {
+        let _ = p.await;
+    }
+    let _ = writer.await;
+    let _ = printer.await;
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
+    if let Some(net) = network {
+        net.destroy().await;
+    }
+    let _ = tokio::fs::remove_file(opts.state_dir.join("state.json")).await;
+    Ok(())
+}
+
+/// Prints container output like `docker compose` does: `service/task container | line`, each
+/// line to the runner's own stdout or stderr as the container wrote it.
+async fn print_logs(mut rx: mpsc::Receiver<process::LogLine>) {
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    while let Some(l) = rx.recv().await {
+        let line = format!("{} | {}\n", l.prefix, l.line);
+        let w = match l.stream {
+            process::Stream::Stdout => out.write_all(line.as_bytes()).await,
+            process::Stream::Stderr => err.write_all(line.as_bytes()).await,
+        };
+        if w.is_err() {
+            return;
+        }
+    }
+    let _ = out.flush().await;
+}
+
+/// Listens on the bridge address at the registry's port and splices to the registry, so sidecars
+/// in task namespaces reach it; returns the URL they use.
+async fn registry_forwarder(
+    registry_url: &str,
+    net: &netns::Network,
+    stop: watch::Receiver<bool>,
+) -> Result<(String, tokio::task::JoinHandle<()>), RunnerError> {
+    let target: SocketAddr = registry_url
+        .strip_prefix("http://")
+        .map(|s| s.trim_end_matches('/'))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| RunnerError::RegistryUrl(registry_url.to_owned()))?;
+    let listener = tokio::net::TcpListener::bind((net.gateway(), target.port()))
+        .await
+        .map_err(RunnerError::Forwarder)?;
+    let url = format!("http://{}:{}", net.gateway(), target.port());
+    Ok((url, tokio::spawn(publish::splice(listener, vec![target], stop))))
+}

@@ -1,0 +1,127 @@
+//! Child processes of a task: spawn with captured output, signal by PID, stop with a deadline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::RunnerError;
+
+/// Where a line of a container's output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of output, tagged with who wrote it.
+#[derive(Debug)]
+pub struct LogLine {
+    pub prefix: std::sync::Arc<str>,
+    pub stream: Stream,
+    pub line: String,
+}
+
+/// Longest line we pass on; longer ones are cut (and marked) rather than buffered without bound.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Spawns `argv` with `env`, in its own process group (so a terminal's Ctrl-C reaches only the
+/// runner, which then stops tasks in order), piping stdout and stderr line by line into `logs`.
+pub fn spawn(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&Path>,
+    prefix: std::sync::Arc<str>,
+    logs: mpsc::Sender<LogLine>,
+) -> Result<Child, RunnerError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(RunnerError::EmptyCommand);
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().map_err(|source| RunnerError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, Stream::Stdout, prefix.clone(), logs.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, Stream::Stderr, prefix, logs));
+    }
+    Ok(child)
+}
+
+async fn pump(
+    io: impl AsyncRead + Unpin,
+    stream: Stream,
+    prefix: std::sync::Arc<str>,
+    logs: mpsc::Sender<LogLine>,
+) {
+    let mut reader = BufReader::new(io);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        let msg = LogLine {
+            prefix: prefix.clone(),
+            stream,
+            line,
+        };
+        if logs.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Sends `signal` to one process we started. Errors (it already exited) are ignored.
+pub fn signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// SIGTERM, then SIGKILL once `grace` has passed; returns the exit status.
+pub async fn stop(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    if let Some(pid) = child.id() {
+        signal(pid, Signal::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => Some(status),
+        _ => {
+            let _ = child.start_kill();
+            child.wait().await.ok()
+        }
+    }
+}

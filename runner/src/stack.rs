@@ -1,0 +1,145 @@
+//! From a validated stack directory to what the runner starts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use skiff_config::task::{DependencyCondition, HealthCheckCommand, LogDriver};
+use skiff_config::{Definition, Diagnostics, Stack};
+
+use crate::plan::{
+    Condition, ContainerPlan, Dependency, HealthCheckPlan, HealthCommand, PublishedPort,
+    ServicePlan,
+};
+
+/// Loads and checks `dir` as a whole (nothing starts if any file has a problem) and plans
+/// every service in it.
+pub fn load(dir: &Path) -> Result<Vec<ServicePlan>, Diagnostics> {
+    let stack = skiff_config::load_dir(dir)?;
+    let files = definition_files(dir);
+    Ok(plan(&stack, &files))
+}
+
+/// Which file holds each task definition family and each service (the sidecar reads them).
+#[derive(Default)]
+struct Files {
+    task_definitions: BTreeMap<String, PathBuf>,
+    services: BTreeMap<String, PathBuf>,
+}
+
+fn definition_files(dir: &Path) -> Files {
+    let mut files = Files::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let path = std::path::absolute(&path).unwrap_or(path);
+        match skiff_config::parse_str(&path.display().to_string(), &text) {
+            Ok(Definition::TaskDefinition(t)) => {
+                files.task_definitions.insert(t.family, path);
+            }
+            Ok(Definition::Service(s)) => {
+                files.services.insert(s.service_name, path);
+            }
+            Err(_) => {}
+        }
+    }
+    files
+}
+
+fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
+    let mut plans = Vec::new();
+    for service in &stack.services {
+        let Some(task) = stack.task_definition(service) else {
+            continue; // load_dir refuses a service without its task definition
+        };
+        let containers = task
+            .container_definitions
+            .iter()
+            .map(|c| ContainerPlan {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                argv: c.entry_point.iter().chain(&c.command).cloned().collect(),
+                environment: c
+                    .environment
+                    .iter()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+                essential: c.essential,
+                health_check: c.health_check.as_ref().and_then(|h| {
+                    let command = match &h.command {
+                        HealthCheckCommand::Exec(argv) => HealthCommand::Exec(argv.clone()),
+                        HealthCheckCommand::Shell(s) => HealthCommand::Shell(s.clone()),
+                        HealthCheckCommand::Disabled => return None,
+                    };
+                    Some(HealthCheckPlan {
+                        command,
+                        interval: h.interval,
+                        timeout: h.timeout,
+                        retries: h.retries.get(),
+                        start_period: h.start_period,
+                    })
+                }),
+                depends_on: c
+                    .depends_on
+                    .iter()
+                    .map(|d| Dependency {
+                        container: d.container_name.clone(),
+                        condition: match d.condition {
+                            DependencyCondition::Start => Condition::Start,
+                            DependencyCondition::Complete => Condition::Complete,
+                            DependencyCondition::Success => Condition::Success,
+                            DependencyCondition::Healthy => Condition::Healthy,
+                        },
+                    })
+                    .collect(),
+                stop_timeout: c.stop_timeout,
+                firelens: c
+                    .log_configuration
+                    .as_ref()
+                    .is_some_and(|l| l.log_driver == LogDriver::Awsfirelens),
+            })
+            .collect();
+        let published = task
+            .container_definitions
+            .iter()
+            .flat_map(|c| &c.port_mappings)
+            .filter_map(|p| {
+                let host_port = p.host_port.filter(|h| *h != 0)?;
+                Some(PublishedPort {
+                    host_port,
+                    port_name: p.name.as_ref().map(|n| n.as_str().to_owned()),
+                    container_port: p.container_port.get(),
+                })
+            })
+            .collect();
+        plans.push(ServicePlan {
+            name: service.service_name.clone(),
+            cluster: service.cluster.clone(),
+            namespace: service.service_connect.as_ref().map(|sc| sc.namespace.clone()),
+            family: task.family.clone(),
+            revision: service.task_definition.revision.map_or(1, |r| r.get()),
+            task_definition_path: files
+                .task_definitions
+                .get(&task.family)
+                .cloned()
+                .unwrap_or_default(),
+            service_path: files
+                .services
+                .get(&service.service_name)
+                .cloned()
+                .unwrap_or_default(),
+            desired_count: service.desired_count,
+            minimum_healthy_percent: service.deployment_configuration.minimum_healthy_percent,
+            maximum_percent: service.deployment_configuration.maximum_percent,
+            containers,
+            published,
+        });
+    }
+    plans
+}

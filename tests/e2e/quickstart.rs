@@ -1,0 +1,167 @@
+//! `skiff up examples/quickstart`: the whole system, as the README's first command runs it.
+//!
+//! The quickstart uses fixed ports (registry 7070/8600, frontend published on 8080), so these
+//! tests are `serial_`: nextest runs them alone.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{eventually, example, skiff};
+
+const FRONTEND: &str = "127.0.0.1:8080";
+const REGISTRY: &str = "http://127.0.0.1:7070";
+
+/// A running `skiff up`, stopped with SIGINT (Ctrl-C) when dropped.
+struct Up {
+    child: Child,
+    state_dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(mode: &str) -> Up {
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        let child = skiff()
+            .args(["up"])
+            .arg(example("quickstart"))
+            .args(["--network-mode", mode, "--drain-seconds", "1", "--state-dir"])
+            .arg(state_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start skiff up");
+        Up { child, state_dir }
+    }
+
+    fn ps(&self) -> String {
+        let out = skiff()
+            .args(["ps", "--state-dir"])
+            .arg(self.state_dir.path())
+            .output()
+            .expect("skiff ps");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Ctrl-C, then wait for a clean exit.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        eventually("skiff up to exit after SIGINT", Duration::from_secs(60), || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.interrupt();
+        }
+    }
+}
+
+/// One HTTP/1.1 GET with a fresh connection; the status and body.
+pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {buf:?}"))?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_until_serving() {
+    eventually("the frontend to answer 200 through the mesh", Duration::from_secs(90), || {
+        matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(())
+    });
+}
+
+fn healthy_instances(service: &str) -> usize {
+    let out = Command::new("aws")
+        .args([
+            "servicediscovery",
+            "discover-instances",
+            "--endpoint-url",
+            REGISTRY,
+            "--region",
+            "us-east-1",
+            "--namespace-name",
+            "prod.internal",
+            "--service-name",
+            service,
+            "--health-status",
+            "HEALTHY",
+            "--output",
+            "json",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_DISABLE_HOST_PREFIX_INJECTION", "true")
+        .output()
+        .expect("aws cli");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["Instances"].as_array().map_or(0, Vec::len)
+}
+
+fn quickstart_end_to_end(mode: &str) {
+    let mut up = Up::start(mode);
+    wait_until_serving();
+
+    // 200 requests through the frontend, which calls `orders` by its alias: all succeed, and
+    // the answers name the orders tasks that served them.
+    let mut orders_tasks = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", &format!("http://{FRONTEND}/")])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "request {i} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let body: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("frontend answers JSON");
+        assert_eq!(body["service"], "frontend");
+        let call = &body["calls"][0];
+        assert_eq!(call["response"]["service"], "orders", "frontend did not reach orders: {body}");
+        if let Some(task) = call["response"]["task"].as_str() {
+            orders_tasks.insert(task.to_owned());
+        }
+    }
+    assert!(orders_tasks.len() >= 2, "balancing used only {orders_tasks:?}");
+
+    // The registry shows every task healthy, over the Cloud Map API and DNS.
+    eventually("3 healthy orders instances", Duration::from_secs(30), || {
+        (healthy_instances("orders") == 3).then_some(())
+    });
+    eventually("2 healthy frontend instances", Duration::from_secs(30), || {
+        (healthy_instances("frontend") == 2).then_some(())
+    });
+    let dig = Command::new("dig")
+        .args(["@127.0.0.1", "-p", "8600", "+short", "orders.prod.internal", "A"])
+        .output()
+        .expect("dig");
+    let answers = String::from_utf8_lossy(&dig.stdout).lines().count();
+    assert_eq!(answers, 3, "dig orders.prod.internal: {}", String::from_utf8_lossy(&dig.stdout));
+
+    let ps = up.ps();
+    assert_eq!(ps.lines().filter(|l| l.starts_with("orders")).count(), 3, "{ps}");
+    assert_eq!(ps.lines().filter(|l| l.starts_with("frontend")).count(), 2, "{ps}");
+
+    let started = Instant::now();
+    let status = up.interrupt();
+    assert!(status.success(), "skiff up exited with {status} after Ctrl-C");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(get(FRONTEND, "/").is_err(), "the published port is still served after exit");
+}
+
+#[test]
+fn serial_quickstart_host_mode() {
+    quickstart_end_to_end("host");
+}
