@@ -40,8 +40,10 @@ enum Command {
     Proxy,
     /// Run a log router (Fluent Bit classic configuration).
     Logrouter,
-    /// Generate load and run benchmarks against peers.
-    Loadtest,
+    /// Generate load and run benchmarks against peers (loopback only).
+    Loadtest(skiff_loadtest::LoadtestArgs),
+    /// The demo app the examples run (`serve`), and its health probe (`probe`).
+    Demo(skiff_loadtest::DemoArgs),
     /// Check ECS task definition and service JSON files; exit 2 on any problem.
     Validate {
         /// Task definition and service files, checked together.
@@ -71,7 +73,16 @@ fn main() -> ExitCode {
         Command::Registry => not_built("registry", "the registry"),
         Command::Proxy => not_built("proxy", "the sidecar proxy"),
         Command::Logrouter => not_built("logrouter", "the log router"),
-        Command::Loadtest => not_built("loadtest", "the load test tool"),
+        Command::Loadtest(args) => block_on(2, async {
+            skiff_loadtest::loadtest_main(args)
+                .await
+                .map_err(|e| (e.exit_code(), e.to_string()))
+        }),
+        Command::Demo(args) => block_on(1, async {
+            skiff_loadtest::demo_main(args)
+                .await
+                .map_err(|e| (e.exit_code(), e.to_string()))
+        }),
     }
 }
 
@@ -91,6 +102,35 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             eprintln!("{problems}");
             eprintln!("{} problem(s) found", problems.len());
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs `f` on a tokio runtime with `threads` workers; an error is printed with its exit code.
+fn block_on(
+    threads: usize,
+    f: impl std::future::Future<Output = Result<(), (u8, String)>>,
+) -> ExitCode {
+    let threads = std::env::var("SKIFF_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(threads);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skiff: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("skiff: {message}");
+            ExitCode::from(code)
         }
     }
 }

@@ -129,8 +129,8 @@ fn quickstart_end_to_end(mode: &str) {
             serde_json::from_slice(&out.stdout).expect("frontend answers JSON");
         assert_eq!(body["service"], "frontend");
         let call = &body["calls"][0];
-        assert_eq!(call["response"]["service"], "orders", "frontend did not reach orders: {body}");
-        if let Some(task) = call["response"]["task"].as_str() {
+        assert_eq!(call["service"], "orders", "frontend did not reach orders: {body}");
+        if let Some(task) = call["task"].as_str() {
             orders_tasks.insert(task.to_owned());
         }
     }

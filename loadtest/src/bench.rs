@@ -1,0 +1,775 @@
+//! `skiff loadtest bench proxy`: the same origin driven directly, through HAProxy, nginx and our sidecar.
+//!
+//! One run on loopback: every proxy is pinned alone on one core
+//! (`proxy_cpu`), the load generator and the origin on the other
+//! (`load_cpu`), so each row costs the proxy the same budget. For each row:
+//! time from exec to the first 200, idle RSS, closed-loop max throughput and
+//! the proxy's CPU time per request over it (/proc/PID/stat), open-loop latency
+//! at a fixed rate (from each request's scheduled time), new origin
+//! connections per 1,000 requests during that phase (the origin's `/stats`),
+//! and peak RSS (VmHWM). The table compares every row with the direct and
+//! HAProxy rows. Everything started is stopped by PID; the run is bounded by a
+//! time budget.
+
+pub mod peers;
+pub mod process;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::LoadtestError;
+use crate::http_client;
+use crate::load::{LatencySummary, LoadOptions, Report, run};
+use process::{Managed, ProcStats};
+
+/// Default time budget of a whole benchmark.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(120);
+/// Time budget with `--quick`.
+pub const QUICK_BUDGET: Duration = Duration::from_secs(30);
+/// How long a peer gets to answer its first 200.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where the origin runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A child process; `{exe}` and `{origin_port}` are replaced.
+    Command(Vec<String>),
+    /// The demo app on a thread of this process (tests; or when the command fails).
+    InProcess,
+}
+
+/// A row of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Direct,
+    Haproxy,
+    Nginx,
+    Sidecar,
+}
+
+/// How to run the benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub peers: Vec<Peer>,
+    pub origin: Origin,
+    /// The sidecar's command line; placeholders `{exe}`, `{dir}`, `{origin_port}`,
+    /// `{listen_port}`, `{registry_url}`, `{bind_ip}`. Its ingress must answer on
+    /// `{bind_ip}:{listen_port}`; `{dir}/sidecar.task.json` and `{dir}/sidecar.service.json`
+    /// describe the origin as a task whose Service Connect ingress is `{listen_port}`.
+    pub sidecar_command: Vec<String>,
+    /// Registry the sidecar is pointed at; an unused loopback port when none.
+    pub registry_url: Option<String>,
+    /// Path requested on the origin.
+    pub path: String,
+    pub warmup: Duration,
+    /// Closed-loop phase length and connections.
+    pub max_duration: Duration,
+    pub max_connections: usize,
+    /// Open-loop phase: rate, length, connections.
+    pub rate: f64,
+    pub rate_duration: Duration,
+    pub rate_connections: usize,
+    pub budget: Duration,
+    /// Keep-alive client connections held open to measure the proxy's memory under them.
+    pub held_connections: usize,
+    /// Core for the proxy under test; the generator and origin get `load_cpu`.
+    pub proxy_cpu: Option<usize>,
+    pub load_cpu: Option<usize>,
+    /// Install missing haproxy/nginx with apt-get.
+    pub install_missing: bool,
+}
+
+// === impl BenchOptions ===
+
+impl BenchOptions {
+    /// The full run: ≤ 2 minutes.
+    pub fn standard() -> BenchOptions {
+        BenchOptions {
+            peers: vec![Peer::Direct, Peer::Haproxy, Peer::Nginx, Peer::Sidecar],
+            origin: Origin::Command(peers::default_origin_command()),
+            sidecar_command: peers::default_sidecar_command(),
+            registry_url: None,
+            path: "/health".to_string(),
+            warmup: Duration::from_secs(1),
+            max_duration: Duration::from_secs(8),
+            max_connections: 64,
+            rate: 2000.0,
+            rate_duration: Duration::from_secs(8),
+            rate_connections: 16,
+            budget: DEFAULT_BUDGET,
+            held_connections: 1000,
+            proxy_cpu: Some(0),
+            load_cpu: Some(1),
+            install_missing: true,
+        }
+    }
+
+    /// `--quick`: ≤ 30 s.
+    pub fn quick() -> BenchOptions {
+        BenchOptions {
+            warmup: Duration::from_millis(300),
+            max_duration: Duration::from_secs(2),
+            rate_duration: Duration::from_secs(2),
+            budget: QUICK_BUDGET,
+            ..BenchOptions::standard()
+        }
+    }
+
+    fn row_estimate(&self) -> Duration {
+        self.warmup + self.max_duration + self.rate_duration + Duration::from_secs(1)
+    }
+}
+
+/// The comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub rows: Vec<BenchRow>,
+    /// How the run was set up (cores, durations), and anything that went differently.
+    pub notes: Vec<String>,
+    pub rate: f64,
+    pub rate_connections: usize,
+    pub max_connections: usize,
+    pub held_connections: usize,
+    pub elapsed_secs: f64,
+}
+
+/// One peer's figures; `skipped` says why a row has none.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchRow {
+    pub peer: String,
+    pub version: Option<String>,
+    pub skipped: Option<String>,
+    pub first_200_ms: Option<f64>,
+    pub idle_rss_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+    /// RSS while `held_connections` keep-alive client connections are open, and a second after
+    /// they close.
+    pub held_rss_kib: Option<u64>,
+    pub after_close_rss_kib: Option<u64>,
+    pub max_throughput: Option<f64>,
+    /// Failed requests over both measured phases.
+    pub errors: u64,
+    pub cpu_us_per_request: Option<f64>,
+    /// The proxy's CPU time over the closed-loop phase as a share of its wall time.
+    pub cpu_busy_percent: Option<f64>,
+    pub latency: Option<LatencySummary>,
+    pub new_upstream_connections_per_1000: Option<f64>,
+}
+
+/// Runs the comparison described by `opts`.
+pub async fn bench_proxy(opts: BenchOptions) -> Result<BenchReport, LoadtestError> {
+    let started = Instant::now();
+    if !Path::new("/proc/self/stat").exists() {
+        return Err(LoadtestError::InvalidOption(
+            "the benchmark needs Linux /proc".into(),
+        ));
+    }
+    let dir = tempfile::Builder::new().prefix("skiff-bench-").tempdir()?;
+    let mut notes = Vec::new();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let wanted_cpu = opts.proxy_cpu.max(opts.load_cpu).unwrap_or(0);
+    let (proxy_cpu, load_cpu) = if process::find_program("taskset").is_none() {
+        notes.push("taskset not found: processes are not pinned".to_string());
+        (None, None)
+    } else if wanted_cpu >= cpus {
+        notes.push(format!(
+            "only {cpus} core(s) usable: processes are not pinned"
+        ));
+        (None, None)
+    } else {
+        (opts.proxy_cpu, opts.load_cpu)
+    };
+    if let Some(load) = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+    {
+        notes.push(format!(
+            "load average {load} on {cpus} cores at start: other work on the machine skews every row"
+        ));
+    }
+    notes.push(format!(
+        "proxy under test pinned to core {}, load generator and origin to core {}; one worker thread each",
+        describe_cpu(proxy_cpu),
+        describe_cpu(load_cpu)
+    ));
+    let missing = ensure_peers(&opts, dir.path(), &mut notes).await;
+    let exe = std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "skiff".to_string());
+    let origin = start_origin(&opts, &exe, dir.path(), load_cpu, &mut notes).await?;
+    let ctx = Context {
+        opts: &opts,
+        dir: dir.path(),
+        exe,
+        origin_port: origin.addr().port(),
+        proxy_cpu,
+        load_cpu,
+        ticks_per_second: process::clock_ticks_per_second(),
+    };
+    let mut rows = Vec::new();
+    for peer in &opts.peers {
+        let row = if let Some(reason) = missing.get(peer) {
+            skipped(*peer, reason.clone())
+        } else if started.elapsed() + opts.row_estimate() > opts.budget {
+            skipped(
+                *peer,
+                format!("time budget of {} s exhausted", opts.budget.as_secs()),
+            )
+        } else {
+            ctx.measure(*peer).await
+        };
+        rows.push(row);
+    }
+    origin.stop().await;
+    Ok(BenchReport {
+        rows,
+        notes,
+        rate: opts.rate,
+        rate_connections: opts.rate_connections,
+        max_connections: opts.max_connections,
+        held_connections: opts.held_connections,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn describe_cpu(cpu: Option<usize>) -> String {
+    cpu.map_or_else(|| "any".to_string(), |cpu| cpu.to_string())
+}
+
+fn skipped(peer: Peer, reason: String) -> BenchRow {
+    BenchRow {
+        peer: peer_name(peer).to_string(),
+        skipped: Some(reason),
+        ..BenchRow::default()
+    }
+}
+
+fn peer_name(peer: Peer) -> &'static str {
+    match peer {
+        Peer::Direct => "direct",
+        Peer::Haproxy => "HAProxy",
+        Peer::Nginx => "nginx",
+        Peer::Sidecar => "skiff sidecar",
+    }
+}
+
+/// Installs missing peers when allowed; returns the rows that cannot run and why.
+async fn ensure_peers(
+    opts: &BenchOptions,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> BTreeMap<Peer, String> {
+    let wanted: Vec<(Peer, &str)> = [(Peer::Haproxy, "haproxy"), (Peer::Nginx, "nginx")]
+        .into_iter()
+        .filter(|(peer, program)| {
+            opts.peers.contains(peer) && process::find_program(program).is_none()
+        })
+        .collect();
+    let mut missing = BTreeMap::new();
+    if wanted.is_empty() {
+        return missing;
+    }
+    let packages: Vec<&str> = wanted.iter().map(|(_, program)| *program).collect();
+    if opts.install_missing {
+        match process::apt_install(&packages, &dir.join("apt.log")).await {
+            Ok(()) => notes.push(format!("installed {} with apt-get", packages.join(" "))),
+            Err(error) => notes.push(format!("apt-get install failed: {error}")),
+        }
+    }
+    for (peer, program) in wanted {
+        if process::find_program(program).is_none() {
+            missing.insert(peer, format!("{program} not installed"));
+        }
+    }
+    missing
+}
+
+/// The origin: a child process, or the demo app on a thread of ours.
+enum RunningOrigin {
+    Child(Box<Managed>, SocketAddr),
+    Thread(InProcessOrigin),
+}
+
+// === impl RunningOrigin ===
+
+impl RunningOrigin {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            RunningOrigin::Child(_, addr) => *addr,
+            RunningOrigin::Thread(origin) => origin.addr,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            RunningOrigin::Child(child, _) => child.stop().await,
+            RunningOrigin::Thread(origin) => origin.stop().await,
+        }
+    }
+}
+
+async fn start_origin(
+    opts: &BenchOptions,
+    exe: &str,
+    dir: &Path,
+    cpu: Option<usize>,
+    notes: &mut Vec<String>,
+) -> Result<RunningOrigin, LoadtestError> {
+    if let Origin::Command(argv) = &opts.origin {
+        let port = free_port()?;
+        let vars = BTreeMap::from([("exe", exe.to_string()), ("origin_port", port.to_string())]);
+        let argv = peers::expand(argv, &vars);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        match Managed::spawn("origin", &argv, cpu, dir) {
+            Ok(mut child) => {
+                let url = format!("http://{addr}/health");
+                match wait_for_200(&mut child, &url).await {
+                    Ok(first) => {
+                        notes.push(format!(
+                            "origin: `{}` (first 200 {:.1} ms after exec)",
+                            argv.join(" "),
+                            first.as_secs_f64() * 1000.0
+                        ));
+                        return Ok(RunningOrigin::Child(Box::new(child), addr));
+                    }
+                    Err(reason) => {
+                        notes.push(format!(
+                            "origin command failed ({reason}); using the demo app in-process"
+                        ));
+                        child.stop().await;
+                    }
+                }
+            }
+            Err(error) => notes.push(format!(
+                "origin command failed ({error}); using the demo app in-process"
+            )),
+        }
+    } else {
+        notes.push("origin: the demo app on a thread of the generator's process".to_string());
+    }
+    Ok(RunningOrigin::Thread(InProcessOrigin::start(cpu).await?))
+}
+
+/// The demo app on a dedicated single-threaded runtime.
+struct InProcessOrigin {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+// === impl InProcessOrigin ===
+
+impl InProcessOrigin {
+    async fn start(cpu: Option<usize>) -> Result<InProcessOrigin, LoadtestError> {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| LoadtestError::Bind {
+                addr: "127.0.0.1:0".into(),
+                source,
+            })?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("skiff-bench-origin".into())
+            .spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(error) = process::pin_current_thread(cpu)
+                {
+                    tracing::warn!(%error, "cannot pin the origin");
+                }
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(LoadtestError::from)
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            let mut opts = crate::DemoServeOptions::new("origin", addr.port());
+                            opts.host = "127.0.0.1".into();
+                            opts.proxy = None;
+                            crate::demo_serve_listener(listener, opts, async move {
+                                let _ = stopped.await;
+                            })
+                            .await
+                        })
+                    });
+                if let Err(error) = served {
+                    tracing::warn!(%error, "in-process origin failed");
+                }
+                let _ = finished.send(());
+            })?;
+        Ok(InProcessOrigin { addr, stop, done })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.done).await;
+    }
+}
+
+fn free_port() -> Result<u16, LoadtestError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| LoadtestError::Bind {
+            addr: "127.0.0.1:0".into(),
+            source,
+        })?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `url` until it answers 200; the time from now, or why not.
+async fn wait_for_200(child: &mut Managed, url: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let client = http_client::get_client(None, Duration::from_millis(500));
+    loop {
+        if let Ok((status, _)) = http_client::fetch(&client, url, Duration::from_millis(500)).await
+            && status == http::StatusCode::OK
+        {
+            return Ok(started.elapsed());
+        }
+        if let Some(reason) = child.exited() {
+            return Err(reason);
+        }
+        if started.elapsed() > START_DEADLINE {
+            return Err(format!(
+                "no 200 from {url} within {} s{}",
+                START_DEADLINE.as_secs(),
+                child.stderr_tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+struct Context<'a> {
+    opts: &'a BenchOptions,
+    dir: &'a Path,
+    exe: String,
+    origin_port: u16,
+    proxy_cpu: Option<usize>,
+    load_cpu: Option<usize>,
+    ticks_per_second: u64,
+}
+
+struct Phases {
+    max: Report,
+    rate: Report,
+    cpu: Option<(u64, f64)>,
+    upstream: Option<f64>,
+}
+
+// === impl Context ===
+
+impl Context<'_> {
+    async fn measure(&self, peer: Peer) -> BenchRow {
+        let mut row = BenchRow {
+            peer: peer_name(peer).to_string(),
+            ..BenchRow::default()
+        };
+        if peer == Peer::Direct {
+            let url = format!("http://127.0.0.1:{}{}", self.origin_port, self.opts.path);
+            match self.phases(&url, None).await {
+                Ok(phases) => {
+                    fill(&mut row, &phases, None, self.ticks_per_second);
+                    // The origin's new connections here are the generator's own, not a proxy's.
+                    row.new_upstream_connections_per_1000 = None;
+                }
+                Err(error) => row.skipped = Some(error.to_string()),
+            }
+            return row;
+        }
+        let mut child = match self.start_peer(peer, &mut row) {
+            Ok(child) => child,
+            Err(reason) => {
+                row.skipped = Some(reason);
+                return row;
+            }
+        };
+        let listen_url = child.1.clone();
+        match wait_for_200(&mut child.0, &listen_url).await {
+            Ok(first) => row.first_200_ms = Some(first.as_secs_f64() * 1000.0),
+            Err(reason) => {
+                row.skipped = Some(match peer {
+                    Peer::Sidecar => format!("sidecar not available: {reason}"),
+                    _ => reason,
+                });
+                child.0.stop().await;
+                return row;
+            }
+        }
+        row.idle_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
+        match self.phases(&listen_url, Some(&child.0)).await {
+            Ok(phases) => fill(&mut row, &phases, child.0.stats(), self.ticks_per_second),
+            Err(error) => row.skipped = Some(error.to_string()),
+        }
+        if row.skipped.is_none() && self.opts.held_connections > 0 {
+            let held = hold_connections(&listen_url, self.opts.held_connections).await;
+            row.held_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
+            row.peak_rss_kib = child.0.stats().map(|stats| stats.peak_rss_kib);
+            row.errors += held.failed;
+            drop(held);
+            // A measurement point, not a readiness wait: memory a second after the clients left.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            row.after_close_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
+        }
+        child.0.stop().await;
+        row
+    }
+
+    /// Writes the peer's configuration and starts it; the process and the URL to load.
+    fn start_peer(&self, peer: Peer, row: &mut BenchRow) -> Result<(Managed, String), String> {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let ip = match peer {
+            Peer::Sidecar => peers::SIDECAR_BIND_IP,
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        };
+        let url = format!("http://{ip}:{port}{}", self.opts.path);
+        let write = |name: &str, text: String| -> Result<PathBuf, String> {
+            let path = self.dir.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            Ok(path)
+        };
+        let argv = match peer {
+            Peer::Direct => return Err("direct has no process".into()),
+            Peer::Haproxy => {
+                let config = write("haproxy.cfg", peers::haproxy_config(port, self.origin_port))?;
+                row.version = program_version("haproxy", &["-v"]);
+                vec![
+                    "haproxy".into(),
+                    "-db".into(),
+                    "-f".into(),
+                    config.display().to_string(),
+                ]
+            }
+            Peer::Nginx => {
+                let config = write(
+                    "nginx.conf",
+                    peers::nginx_config(self.dir, port, self.origin_port),
+                )?;
+                row.version = program_version("nginx", &["-v"]);
+                vec![
+                    "nginx".into(),
+                    "-p".into(),
+                    self.dir.display().to_string(),
+                    "-e".into(),
+                    self.dir.join("nginx-error.log").display().to_string(),
+                    "-c".into(),
+                    config.display().to_string(),
+                ]
+            }
+            Peer::Sidecar => {
+                write(
+                    "sidecar.task.json",
+                    peers::sidecar_task_definition(self.origin_port).to_string(),
+                )?;
+                write(
+                    "sidecar.service.json",
+                    peers::sidecar_service(port).to_string(),
+                )?;
+                let registry_url = match &self.opts.registry_url {
+                    Some(url) => url.clone(),
+                    None => format!(
+                        "http://127.0.0.1:{}",
+                        free_port().map_err(|e| e.to_string())?
+                    ),
+                };
+                let vars = BTreeMap::from([
+                    ("exe", self.exe.clone()),
+                    ("dir", self.dir.display().to_string()),
+                    ("origin_port", self.origin_port.to_string()),
+                    ("listen_port", port.to_string()),
+                    ("registry_url", registry_url),
+                    ("bind_ip", ip.to_string()),
+                ]);
+                peers::expand(&self.opts.sidecar_command, &vars)
+            }
+        };
+        let name = match peer {
+            Peer::Haproxy => "haproxy",
+            Peer::Nginx => "nginx",
+            _ => "sidecar",
+        };
+        let child =
+            Managed::spawn(name, &argv, self.proxy_cpu, self.dir).map_err(|e| match peer {
+                Peer::Sidecar => format!("sidecar not available: {e}"),
+                _ => e.to_string(),
+            })?;
+        Ok((child, url))
+    }
+
+    async fn phases(&self, url: &str, proxy: Option<&Managed>) -> Result<Phases, LoadtestError> {
+        let opts = self.opts;
+        let mut warmup = LoadOptions::max(url, opts.warmup);
+        warmup.connections = opts.max_connections;
+        run_pinned(warmup, self.load_cpu).await?;
+
+        let mut max = LoadOptions::max(url, opts.max_duration);
+        max.connections = opts.max_connections;
+        let before = proxy.and_then(Managed::stats);
+        let max_started = Instant::now();
+        let max_report = run_pinned(max, self.load_cpu).await?;
+        let max_wall = max_started.elapsed().as_secs_f64();
+        let after = proxy.and_then(Managed::stats);
+        let cpu = before
+            .zip(after)
+            .map(|(before, after)| (after.cpu_ticks.saturating_sub(before.cpu_ticks), max_wall));
+
+        let stats_url = format!("http://127.0.0.1:{}/stats", self.origin_port);
+        let origin_before = origin_stats(&stats_url).await;
+        let mut rate = LoadOptions::rate(url, opts.rate, opts.rate_duration);
+        rate.connections = opts.rate_connections;
+        rate.precise_timing = true;
+        let rate_report = run_pinned(rate, self.load_cpu).await?;
+        let origin_after = origin_stats(&stats_url).await;
+        let upstream = origin_before.zip(origin_after).and_then(|(before, after)| {
+            // Minus our own /stats question.
+            let connections = after.0.saturating_sub(before.0).saturating_sub(1);
+            let requests = after.1.saturating_sub(before.1).saturating_sub(1);
+            #[allow(clippy::cast_precision_loss)]
+            (requests > 0).then(|| connections as f64 * 1000.0 / requests as f64)
+        });
+        Ok(Phases {
+            max: max_report,
+            rate: rate_report,
+            cpu,
+            upstream,
+        })
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn fill(row: &mut BenchRow, phases: &Phases, end: Option<ProcStats>, ticks_per_second: u64) {
+    row.max_throughput = Some(phases.max.throughput);
+    row.errors = phases.max.errors.total() + phases.rate.errors.total() + phases.rate.not_sent;
+    row.latency = Some(phases.rate.latency.clone());
+    row.new_upstream_connections_per_1000 = phases.upstream;
+    row.peak_rss_kib = end.map(|stats| stats.peak_rss_kib);
+    if let Some((ticks, wall)) = phases.cpu {
+        let cpu_secs = ticks as f64 / ticks_per_second as f64;
+        if phases.max.responses > 0 {
+            row.cpu_us_per_request = Some(cpu_secs * 1e6 / phases.max.responses as f64);
+        }
+        if wall > 0.0 {
+            row.cpu_busy_percent = Some(cpu_secs * 100.0 / wall);
+        }
+    }
+}
+
+/// `connections_accepted`, `requests` of the demo app's `/stats`.
+async fn origin_stats(url: &str) -> Option<(u64, u64)> {
+    let client = http_client::get_client(None, Duration::from_secs(1));
+    let (_, body) = http_client::fetch(&client, url, Duration::from_secs(2))
+        .await
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some((
+        value["connections_accepted"].as_u64()?,
+        value["requests"].as_u64()?,
+    ))
+}
+
+/// Keep-alive connections that each carried one request, held open until dropped.
+struct Held {
+    _senders: Vec<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>>,
+    failed: u64,
+}
+
+/// Opens `count` connections to `url` and sends one GET on each, keeping them open.
+async fn hold_connections(url: &str, count: usize) -> Held {
+    let mut held = Held {
+        _senders: Vec::with_capacity(count),
+        failed: 0,
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        held.failed = count as u64;
+        return held;
+    };
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let path = uri.path().to_string();
+    for _ in 0..count {
+        match hold_one(&authority, &path).await {
+            Some(sender) => held._senders.push(sender),
+            None => held.failed += 1,
+        }
+    }
+    held
+}
+
+async fn hold_one(
+    authority: &str,
+    path: &str,
+) -> Option<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+    use http_body_util::BodyExt;
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
+        tokio::spawn(connection);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, authority)
+            .body(http_body_util::Empty::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await.ok()?;
+        ok.then_some(sender)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn program_version(program: &str, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(process::find_program(program)?)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    version_from_banner(&text)
+}
+
+/// The first dotted version number in a `-v` banner (`HAProxy version 2.6.12-1…`, `nginx/1.22.1`).
+pub fn version_from_banner(text: &str) -> Option<String> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|word| word.contains('.') && word.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|word| word.trim_end_matches('.').to_string())
+}
+
+/// Runs a load on its own single-threaded runtime, on a thread pinned to `cpu`.
+pub async fn run_pinned(opts: LoadOptions, cpu: Option<usize>) -> Result<Report, LoadtestError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("skiff-bench-load".into())
+        .spawn(move || {
+            if let Some(cpu) = cpu
+                && let Err(error) = process::pin_current_thread(cpu)
+            {
+                tracing::warn!(%error, "cannot pin the load generator");
+            }
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(LoadtestError::from)
+                .and_then(|runtime| runtime.block_on(run(opts)));
+            let _ = done.send(report);
+        })?;
+    result.await.map_err(|_| LoadtestError::Process {
+        what: "load generator thread".into(),
+        reason: "ended without a report".into(),
+    })?
+}
+
+#[cfg(test)]
+mod tests;

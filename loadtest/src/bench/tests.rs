@@ -1,0 +1,170 @@
+//! Tests of the benchmark's pure parts: /proc parsing, generated configurations, the table.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::process::{parse_stat_cpu_ticks, parse_status_kib};
+use super::table::{added, ratio};
+use super::*;
+
+#[test]
+fn stat_cpu_ticks_survive_spaces_and_parens_in_the_name() {
+    let stat =
+        "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 1 0 123 456 78";
+    assert_eq!(parse_stat_cpu_ticks(stat), Some(22));
+    assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
+}
+
+#[test]
+fn status_values_in_kib() {
+    let status = "Name:\thaproxy\nVmHWM:\t   35012 kB\nVmRSS:\t   15000 kB\n";
+    assert_eq!(parse_status_kib(status, "VmHWM"), Some(35012));
+    assert_eq!(parse_status_kib(status, "VmRSS"), Some(15000));
+    assert_eq!(parse_status_kib(status, "VmSwap"), None);
+}
+
+#[test]
+fn reads_our_own_process() {
+    let stats = ProcStats::read(std::process::id()).unwrap();
+    assert!(stats.rss_kib > 0);
+    assert!(stats.peak_rss_kib >= stats.rss_kib);
+}
+
+#[test]
+fn haproxy_and_nginx_listen_on_loopback_and_keep_upstreams_alive() {
+    let haproxy = peers::haproxy_config(1111, 2222);
+    assert!(haproxy.contains("bind 127.0.0.1:1111"));
+    assert!(haproxy.contains("server origin 127.0.0.1:2222"));
+    assert!(haproxy.contains("nbthread 1"));
+    assert!(haproxy.contains("http-reuse always"));
+    let nginx = peers::nginx_config(Path::new("/tmp/x"), 1111, 2222);
+    assert!(nginx.contains("listen 127.0.0.1:1111;"));
+    assert!(nginx.contains("server 127.0.0.1:2222;"));
+    assert!(nginx.contains("keepalive 128;"));
+    assert!(nginx.contains("proxy_set_header Connection \"\";"));
+    assert!(nginx.contains("worker_processes 1;"));
+    assert!(nginx.contains("access_log off;"));
+    assert!(nginx.contains("pid /tmp/x/nginx.pid;"));
+}
+
+#[test]
+fn sidecar_files_tie_the_ingress_to_the_origin() {
+    let task = peers::sidecar_task_definition(2222);
+    assert_eq!(
+        task["containerDefinitions"][0]["portMappings"][0]["containerPort"],
+        2222
+    );
+    let service = peers::sidecar_service(1111);
+    let entry = &service["serviceConnectConfiguration"]["services"][0];
+    assert_eq!(entry["portName"], "http");
+    assert_eq!(entry["ingressPortOverride"], 1111);
+}
+
+#[test]
+fn command_templates_expand_every_placeholder() {
+    let vars = BTreeMap::from([
+        ("exe", "/bin/skiff".to_string()),
+        ("dir", "/tmp/d".to_string()),
+        ("origin_port", "2222".to_string()),
+    ]);
+    let argv = peers::expand(&peers::default_origin_command(), &vars);
+    assert_eq!(argv[0], "/bin/skiff");
+    assert_eq!(argv.last().unwrap(), "2222");
+    let argv = peers::expand(&["--x={dir}/a-{origin_port}".to_string()], &vars);
+    assert_eq!(argv, vec!["--x=/tmp/d/a-2222"]);
+}
+
+#[test]
+fn versions_from_banners() {
+    assert_eq!(
+        version_from_banner("HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"),
+        Some("2.6.12".to_string())
+    );
+    assert_eq!(
+        version_from_banner("nginx version: nginx/1.22.1\n"),
+        Some("1.22.1".to_string())
+    );
+    assert_eq!(version_from_banner("no digits"), None);
+}
+
+#[test]
+fn ratios_and_added_latency() {
+    assert_eq!(ratio(Some(63_000.0), Some(63_000.0)), "1.00×");
+    assert_eq!(ratio(Some(31_500.0), Some(63_000.0)), "0.50×");
+    assert_eq!(ratio(Some(1.0), Some(0.0)), "—");
+    assert_eq!(ratio(None, Some(1.0)), "—");
+    assert_eq!(added(350, Some(100)), "+250");
+    assert_eq!(added(90, Some(100)), "-10");
+    assert_eq!(added(90, None), "—");
+}
+
+fn row(peer: &str, throughput: f64, cpu: f64, p50: u64, p99: u64) -> BenchRow {
+    BenchRow {
+        peer: peer.to_string(),
+        max_throughput: Some(throughput),
+        cpu_us_per_request: Some(cpu),
+        cpu_busy_percent: Some(99.0),
+        latency: Some(LatencySummary {
+            count: 1000,
+            p50_us: p50,
+            p99_us: p99,
+            ..LatencySummary::default()
+        }),
+        idle_rss_kib: Some(15 * 1024),
+        peak_rss_kib: Some(35 * 1024),
+        first_200_ms: Some(21.0),
+        new_upstream_connections_per_1000: Some(0.0),
+        ..BenchRow::default()
+    }
+}
+
+#[test]
+fn markdown_compares_with_direct_and_haproxy_and_lists_skipped_rows() {
+    let report = BenchReport {
+        rows: vec![
+            BenchRow {
+                cpu_us_per_request: None,
+                cpu_busy_percent: None,
+                first_200_ms: None,
+                ..row("direct", 100_000.0, 0.0, 50, 100)
+            },
+            BenchRow {
+                version: Some("2.6.12".into()),
+                ..row("HAProxy", 63_000.0, 15.7, 280, 440)
+            },
+            row("nginx", 79_000.0, 12.4, 300, 440),
+            BenchRow {
+                skipped: Some("sidecar not available: exited with 2".into()),
+                ..BenchRow::default()
+            },
+        ],
+        notes: vec!["pinned".into()],
+        rate: 2000.0,
+        rate_connections: 16,
+        max_connections: 64,
+        held_connections: 1000,
+        elapsed_secs: 42.0,
+    };
+    let markdown = report.to_markdown();
+    assert!(markdown.contains("- pinned"));
+    assert!(
+        markdown.contains("| HAProxy | 2.6.12 | 63000 | 0.63× | 1.00× | 15.7 | 1.00× | 99% |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| nginx | — | 79000 | 0.79× | 1.25× | 12.4 | 0.79× | 99% |"));
+    assert!(markdown.contains("| direct | — | 100000 | 1.00× | 1.59× | — | — | — |"));
+    assert!(markdown.contains("Latency at 2000 req/s over 16 connections"));
+    assert!(markdown.contains("| HAProxy | 280 | +230 | 440 | +340 |"));
+    assert!(
+        markdown.contains("| nginx | 21.0 | 15.0 | — | — | 35.0 | 0.00 |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("RSS with 1000 connections"));
+    assert!(
+        markdown.contains("- : sidecar not available: exited with 2")
+            || markdown.contains("sidecar not available: exited with 2")
+    );
+    let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
+    assert_eq!(json["rows"][1]["max_throughput"], 63_000.0);
+}

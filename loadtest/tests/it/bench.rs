@@ -1,0 +1,79 @@
+//! The proxy benchmark's orchestration, with rows that need no installed peer.
+
+use std::time::Duration;
+
+use skiff_loadtest::bench::{BenchOptions, Origin, Peer};
+use skiff_loadtest::bench_proxy;
+
+fn tiny(peers: Vec<Peer>) -> BenchOptions {
+    BenchOptions {
+        peers,
+        origin: Origin::InProcess,
+        warmup: Duration::from_millis(50),
+        max_duration: Duration::from_millis(200),
+        max_connections: 4,
+        rate: 500.0,
+        rate_duration: Duration::from_millis(200),
+        rate_connections: 4,
+        proxy_cpu: None,
+        load_cpu: None,
+        install_missing: false,
+        ..BenchOptions::quick()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_row_measures_throughput_and_latency_without_errors() {
+    let report = bench_proxy(tiny(vec![Peer::Direct])).await.unwrap();
+    assert_eq!(report.rows.len(), 1);
+    let row = &report.rows[0];
+    assert_eq!(row.peer, "direct");
+    assert_eq!(row.skipped, None);
+    assert_eq!(row.errors, 0);
+    assert!(row.max_throughput.unwrap() > 0.0);
+    assert_eq!(row.latency.as_ref().unwrap().count, 100);
+    let markdown = report.to_markdown();
+    assert!(markdown.contains("| direct |"), "{markdown}");
+    assert!(markdown.contains("Latency at 500 req/s over 4 connections"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_exits_is_skipped_with_its_reason() {
+    let mut opts = tiny(vec![Peer::Sidecar]);
+    opts.sidecar_command = ["sh", "-c", "echo no such flag {listen_port} >&2; exit 3"]
+        .map(String::from)
+        .to_vec();
+    let report = bench_proxy(opts).await.unwrap();
+    let reason = report.rows[0].skipped.clone().unwrap();
+    assert!(
+        reason.starts_with("sidecar not available: exited with"),
+        "{reason}"
+    );
+    assert!(reason.contains("no such flag"), "{reason}");
+    assert!(
+        report
+            .to_markdown()
+            .contains("- skiff sidecar: sidecar not available")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_cannot_start_is_skipped() {
+    let mut opts = tiny(vec![Peer::Sidecar]);
+    opts.sidecar_command = vec!["/nonexistent/skiff-sidecar".to_string()];
+    let report = bench_proxy(opts).await.unwrap();
+    let reason = report.rows[0].skipped.clone().unwrap();
+    assert!(reason.starts_with("sidecar not available:"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_the_time_budget_are_skipped() {
+    let mut opts = tiny(vec![Peer::Direct, Peer::Direct]);
+    opts.budget = Duration::from_millis(1);
+    let report = bench_proxy(opts).await.unwrap();
+    assert!(report.rows.iter().all(|row| {
+        row.skipped
+            .as_deref()
+            .is_some_and(|reason| reason.contains("time budget"))
+    }));
+}
