@@ -1,5 +1,6 @@
 //! The `skiff` command line: parses arguments and hands each subcommand to the crate that owns it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,7 +36,7 @@ enum Command {
         dir: PathBuf,
     },
     /// Run the service registry (Cloud Map API, watch API, DNS).
-    Registry,
+    Registry(RegistryArgs),
     /// Run a sidecar proxy for one task.
     Proxy,
     /// Run a log router (Fluent Bit classic configuration).
@@ -54,6 +55,29 @@ enum Command {
     Version,
 }
 
+/// `skiff registry`: flags override the `[registry]` section of `--settings`.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Cloud Map API, watch API, /health and /metrics [default: 127.0.0.1:7070].
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// DNS over UDP and TCP [default: 127.0.0.1:8600].
+    #[arg(long)]
+    dns_addr: Option<SocketAddr>,
+    /// Directory of the durable store [default: .skiff/registry].
+    #[arg(long, conflicts_with = "in_memory")]
+    data: Option<PathBuf>,
+    /// Keep everything in memory (nothing survives a restart).
+    #[arg(long)]
+    in_memory: bool,
+    /// Skiff settings file (TOML, see config/settings.example.toml).
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// Write `{"http_addr":..,"dns_addr":..}` here once listening (handy with port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -70,7 +94,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { files } => validate(&files),
         Command::Up { .. } => not_built("up", "the runner"),
-        Command::Registry => not_built("registry", "the registry"),
+        Command::Registry(args) => block_on(2, registry(args)),
         Command::Proxy => not_built("proxy", "the sidecar proxy"),
         Command::Logrouter => not_built("logrouter", "the log router"),
         Command::Loadtest(args) => block_on(2, async {
@@ -103,6 +127,75 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             eprintln!("{} problem(s) found", problems.len());
             ExitCode::from(2)
         }
+    }
+}
+
+async fn registry(args: RegistryArgs) -> Result<(), (u8, String)> {
+    let settings = load_settings(args.settings.as_deref())?;
+    let r = &settings.registry;
+    let opts = skiff_registry::RegistryOptions {
+        http_addr: args.http_addr.unwrap_or(r.http_addr),
+        dns_addr: args.dns_addr.unwrap_or(r.dns_addr),
+        data_dir: (!args.in_memory).then(|| args.data.unwrap_or_else(|| r.data_dir.clone())),
+        instance_removal_grace: r.instance_removal_grace,
+        max_body_bytes: r.max_body_bytes.get(),
+        ..skiff_registry::RegistryOptions::default()
+    };
+    let metrics = prometheus::Registry::new();
+    let registry = skiff_registry::Registry::start(opts, &metrics)
+        .await
+        .map_err(runtime_error)?;
+    let ready = serde_json::json!({
+        "http_addr": registry.http_addr().to_string(),
+        "dns_addr": registry.dns_addr().to_string(),
+    });
+    write_ready_file(args.ready_file.as_deref(), &ready)?;
+    registry.run(shutdown_signal()).await.map_err(runtime_error)
+}
+
+fn load_settings(path: Option<&std::path::Path>) -> Result<skiff_config::Settings, (u8, String)> {
+    match path {
+        Some(p) => skiff_config::Settings::load(p).map_err(|e| (2, e.to_string())),
+        None => Ok(skiff_config::Settings::default()),
+    }
+}
+
+/// The error and its causes on one line, for a runtime failure (exit 1).
+fn runtime_error(e: impl std::error::Error) -> (u8, String) {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    (1, msg)
+}
+
+/// Writes the addresses a component bound, atomically, for whoever started it.
+fn write_ready_file(
+    path: Option<&std::path::Path>,
+    value: &serde_json::Value,
+) -> Result<(), (u8, String)> {
+    let Some(path) = path else { return Ok(()) };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, value.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| (1, format!("cannot write ready file {}: {e}", path.display())))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
     }
 }
 
