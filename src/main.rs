@@ -31,14 +31,17 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Start every service of a stack directory (ECS JSON) with sidecars and log routers injected.
-    Up {
-        /// Directory of ECS task definitions and services (*.json).
-        dir: PathBuf,
+    Up(UpArgs),
+    /// Show the tasks of a running `skiff up`: addresses, health, sidecar admin URLs.
+    Ps {
+        /// The state directory of the `skiff up` to show.
+        #[arg(long, env = "SKIFF_STATE_DIR", default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
     },
     /// Run the service registry (Cloud Map API, watch API, DNS).
     Registry(RegistryArgs),
     /// Run a sidecar proxy for one task.
-    Proxy,
+    Proxy(ProxyArgs),
     /// Run a log router (Fluent Bit classic configuration).
     Logrouter,
     /// Generate load and run benchmarks against peers (loopback only).
@@ -53,6 +56,209 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+/// `skiff up`.
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Directory of ECS task definitions and services (*.json).
+    dir: PathBuf,
+    /// Use the registry at this URL instead of starting one.
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// Embedded registry: Cloud Map API address.
+    #[arg(long, default_value = "127.0.0.1:7070", conflicts_with = "registry")]
+    registry_http_addr: SocketAddr,
+    /// Embedded registry: DNS address (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:8600", conflicts_with = "registry")]
+    registry_dns_addr: SocketAddr,
+    /// Embedded registry: keep its store here (default: in memory, for the stack's lifetime).
+    #[arg(long, conflicts_with = "registry")]
+    registry_data: Option<PathBuf>,
+    /// `host`: tasks share the host network, each on its own loopback address; `awsvpc`: each
+    /// task in its own network namespace (root only).
+    #[arg(long, value_enum, default_value_t = NetworkModeArg::Host)]
+    network_mode: NetworkModeArg,
+    /// How long a stopping task's sidecar keeps serving while clients learn of the change.
+    #[arg(long, default_value_t = 20)]
+    drain_seconds: u64,
+    /// Where task state lives (read by `skiff ps`).
+    #[arg(long, env = "SKIFF_STATE_DIR", default_value_os_t = default_state_dir())]
+    state_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NetworkModeArg {
+    Host,
+    Awsvpc,
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("skiff-{}", nix_uid()))
+}
+
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0)
+}
+
+async fn up(args: UpArgs) -> Result<(), (u8, String)> {
+    let services = skiff_runner::load(&args.dir).map_err(|problems| {
+        (
+            2,
+            format!("{problems}\n{} problem(s) found; nothing started", problems.len()),
+        )
+    })?;
+    let registry = match args.registry {
+        Some(url) => skiff_runner::RegistrySource::External(url),
+        None => skiff_runner::RegistrySource::Embedded(skiff_registry::RegistryOptions {
+            http_addr: args.registry_http_addr,
+            dns_addr: args.registry_dns_addr,
+            data_dir: args.registry_data,
+            ..skiff_registry::RegistryOptions::default()
+        }),
+    };
+    let network_mode = match args.network_mode {
+        NetworkModeArg::Host => skiff_runner::NetworkMode::Host,
+        NetworkModeArg::Awsvpc => skiff_runner::NetworkMode::Awsvpc {
+            cidr: skiff_runner::DEFAULT_TASK_CIDR,
+        },
+    };
+    let opts = skiff_runner::UpOptions {
+        skiff_exe: std::env::current_exe().map_err(|e| (1, format!("cannot find the skiff executable: {e}")))?,
+        registry,
+        state_dir: args.state_dir,
+        drain: std::time::Duration::from_secs(args.drain_seconds),
+        network_mode,
+    };
+    skiff_runner::up(services, opts, shutdown_signal())
+        .await
+        .map_err(runtime_error)
+}
+
+/// `skiff proxy`: flags override the `[proxy]` section of `--settings`.
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The task definition (as `aws ecs register-task-definition --cli-input-json` takes it).
+    #[arg(long, value_name = "FILE")]
+    task_definition: PathBuf,
+    /// The service, with its `serviceConnectConfiguration` (as `aws ecs create-service` takes it).
+    #[arg(long, value_name = "FILE")]
+    service: PathBuf,
+    /// The registry (Cloud Map API + watch API).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    registry: String,
+    /// Skiff settings file (TOML, see config/settings.example.toml).
+    #[arg(long, value_name = "FILE")]
+    settings: Option<PathBuf>,
+    /// The task's id (the registered instance id) [default: random].
+    #[arg(long)]
+    task_id: Option<String>,
+    /// Every listener of this sidecar binds this address [default: 127.0.0.1].
+    #[arg(long)]
+    bind_ip: Option<std::net::IpAddr>,
+    /// Where the app listens [default: 127.0.0.1].
+    #[arg(long)]
+    app_host: Option<String>,
+    /// Give client aliases virtual IPs from this block (e.g. 127.255.0.0/16), with a listener
+    /// per alias and DNS answers pointing at them.
+    #[arg(long, value_name = "CIDR")]
+    vip_cidr: Option<String>,
+    /// Keep an /etc/hosts-style file of the alias VIPs here (rewritten in place on change).
+    #[arg(long, value_name = "FILE")]
+    hosts_file: Option<PathBuf>,
+    /// Admin port (/ready, /metrics, /endpoints, /config) [default: 9901; 0: any].
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// HTTP proxy listener port (for HTTP_PROXY) [default: 15001; 0: any].
+    #[arg(long)]
+    http_proxy_port: Option<u16>,
+    /// DNS listener port [default: 53 as root, else 5353; 0: any].
+    #[arg(long)]
+    dns_port: Option<u16>,
+    /// Drain window on SIGTERM, in milliseconds [default: 20000].
+    #[arg(long)]
+    drain_ms: Option<u64>,
+    /// Write the bound addresses here as JSON once listening.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
+    let mut settings = load_settings(args.settings.as_deref())?.proxy;
+    let stack = skiff_config::load_files(&[args.task_definition.clone(), args.service.clone()])
+        .map_err(|problems| (2, format!("{problems}\n{} problem(s) found", problems.len())))?;
+    let Some(service) = stack.services.first() else {
+        return Err((2, format!("{}: not a service definition", args.service.display())));
+    };
+    let Some(task) = stack.task_definition(service) else {
+        return Err((2, format!("{}: not the task definition of service {}", args.task_definition.display(), service.service_name)));
+    };
+    if let Some(ip) = args.bind_ip {
+        settings.bind_ip = ip;
+    }
+    if let Some(host) = args.app_host {
+        settings.app_host = host;
+    }
+    if let Some(p) = args.admin_port {
+        settings.admin_port = p;
+    }
+    if let Some(p) = args.http_proxy_port {
+        settings.http_proxy_port = p;
+    }
+    if let Some(ms) = args.drain_ms {
+        settings.drain = std::time::Duration::from_millis(ms);
+    }
+    let task_id = args.task_id.unwrap_or_else(random_task_id);
+    let discovery = skiff_proxy::DiscoverySource::Registry { url: args.registry };
+    let mut opts = skiff_proxy::ecs::sidecar_options(task, service, &settings, &task_id, discovery)
+        .map_err(|e| (2, e.to_string()))?;
+    opts.dns_port = Some(args.dns_port.unwrap_or_else(|| settings.dns_port.resolve(is_root())));
+    opts.hosts_file = args.hosts_file;
+    if let Some(cidr) = args.vip_cidr {
+        let cidr = skiff_config::settings::Ipv4Cidr::parse(&cidr).map_err(|e| (2, format!("--vip-cidr: {e}")))?;
+        opts.config.vip_base = Some(cidr.network);
+        opts.config.vip_prefix_len = cidr.prefix_len;
+    }
+    let ingress: Vec<(String, String)> = opts
+        .ingress
+        .iter()
+        .map(|e| (e.port_name.clone(), e.discovery_name.clone()))
+        .collect();
+    let metrics = prometheus::Registry::new();
+    let sidecar = skiff_proxy::Sidecar::start(opts, &metrics)
+        .await
+        .map_err(runtime_error)?;
+    let ready = serde_json::json!({
+        "admin_addr": sidecar.admin_addr().to_string(),
+        "http_proxy_addr": sidecar.http_proxy_addr().to_string(),
+        "dns_addr": sidecar.dns_addr().map(|a| a.to_string()),
+        "ingress": ingress
+            .iter()
+            .zip(sidecar.ingress_addrs())
+            .map(|((port_name, discovery_name), addr)| serde_json::json!({
+                "port_name": port_name,
+                "discovery_name": discovery_name,
+                "addr": addr.to_string(),
+            }))
+            .collect::<Vec<_>>(),
+    });
+    write_ready_file(args.ready_file.as_deref(), &ready)?;
+    sidecar.run(shutdown_signal()).await.map_err(runtime_error)
+}
+
+fn is_root() -> bool {
+    nix_uid() == 0
+}
+
+/// ECS task ids are 32 hex characters.
+fn random_task_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 64))
 }
 
 /// `skiff registry`: flags override the `[registry]` section of `--settings`.
@@ -93,9 +299,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate(&files),
-        Command::Up { .. } => not_built("up", "the runner"),
+        Command::Up(args) => block_on(2, up(args)),
+        Command::Ps { state_dir } => match skiff_runner::print_ps(&state_dir) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("skiff ps: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Registry(args) => block_on(2, registry(args)),
-        Command::Proxy => not_built("proxy", "the sidecar proxy"),
+        Command::Proxy(args) => block_on(1, proxy(args)),
         Command::Logrouter => not_built("logrouter", "the log router"),
         Command::Loadtest(args) => block_on(2, async {
             skiff_loadtest::loadtest_main(args)
@@ -238,6 +454,7 @@ fn init_logging(filter: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

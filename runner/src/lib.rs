@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, watch};
 
 pub use health::Health;
+pub use netns::DEFAULT_TASK_CIDR;
 pub use plan::{
     Condition, ContainerPlan, DEFAULT_STOP_TIMEOUT, Dependency, HealthCheckPlan, HealthCommand,
     PublishedPort, ServicePlan,
@@ -70,6 +71,24 @@ pub enum RunnerError {
     RegistryUrl(String),
     #[error("cannot listen for the registry on the task bridge")]
     Forwarder(#[source] std::io::Error),
+    #[error("embedded registry")]
+    Registry(#[from] skiff_registry::RegistryError),
+    #[error("cannot prepare namespace {namespace} in the registry at {url}")]
+    Namespace {
+        namespace: String,
+        url: String,
+        #[source]
+        source: skiff_registry_client::ClientError,
+    },
+}
+
+/// Where the stack's registry comes from.
+#[derive(Clone, Debug)]
+pub enum RegistrySource {
+    /// Started inside `skiff up`, like Cloud Map is just there on AWS.
+    Embedded(skiff_registry::RegistryOptions),
+    /// A registry already running at this URL (`http://host:port`).
+    External(String),
 }
 
 /// How `skiff up` runs a stack.
@@ -78,7 +97,7 @@ pub struct UpOptions {
     /// The `skiff` executable, for sidecars and for `skiff ...` container commands.
     pub skiff_exe: PathBuf,
     /// The registry every sidecar talks to.
-    pub registry_url: String,
+    pub registry: RegistrySource,
     /// Where task ready files and `state.json` (read by `skiff ps`) live.
     pub state_dir: PathBuf,
     pub drain: Duration,
@@ -127,12 +146,41 @@ pub async fn up(
             source,
         })?;
     let (stop_tx, stop_rx) = watch::channel(false);
+
+    // The registry: embedded (like Cloud Map, it is simply there) or the user's.
+    let (registry_url, registry_task) = match opts.registry.clone() {
+        RegistrySource::Embedded(ropts) => {
+            let metrics = prometheus::Registry::new();
+            let registry = skiff_registry::Registry::start(ropts, &metrics).await?;
+            let url = format!("http://{}", registry.http_addr());
+            eprintln!(
+                "registry: Cloud Map API {url}  DNS {} (udp+tcp)",
+                registry.dns_addr()
+            );
+            let mut stop = stop_rx.clone();
+            let task = tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = registry.run(stopped).await {
+                    tracing::error!(error = %e, "embedded registry failed");
+                }
+            });
+            (url, Some(task))
+        }
+        RegistrySource::External(url) => (url, None),
+    };
+    prepare_namespaces(&registry_url, &services).await?;
+    let opts = UpOptions {
+        registry: RegistrySource::External(registry_url.clone()),
+        ..opts
+    };
     let (network, task_registry_url, forwarder) = match opts.network_mode {
-        NetworkMode::Host => (None, opts.registry_url.clone(), None),
+        NetworkMode::Host => (None, registry_url.clone(), None),
         NetworkMode::Awsvpc { cidr } => {
             let net = Arc::new(netns::Network::create(&opts.state_dir, cidr).await?);
             // Sidecars inside task namespaces reach the registry through the bridge address.
-            let (url, fwd) = match registry_forwarder(&opts.registry_url, &net, stop_rx.clone()).await {
+            let (url, fwd) = match registry_forwarder(&registry_url, &net, stop_rx.clone()).await {
                 Ok(v) => v,
                 Err(e) => {
                     net.destroy().await;
@@ -156,6 +204,7 @@ pub async fn up(
     let mut schedulers = Vec::new();
     let mut publishers = Vec::new();
     let mut states = Vec::new();
+    let mut published_urls = Vec::new();
     for (index, plan) in services.into_iter().enumerate() {
         let plan = Arc::new(plan);
         let (state_tx, state_rx) = watch::channel(ServiceState {
@@ -172,6 +221,7 @@ pub async fn up(
                     source,
                 }
             })?;
+            published_urls.push(format!("{} -> http://{addr}/", plan.name));
             publishers.push(tokio::spawn(publish::run(
                 listener,
                 port.clone(),
@@ -193,11 +243,13 @@ pub async fn up(
 
     let writer = tokio::spawn(state::write_loop(
         opts.state_dir.join("state.json"),
-        opts.registry_url.clone(),
-        states,
+        registry_url.clone(),
+        states.clone(),
         stop_rx.clone(),
     ));
+    let banner = tokio::spawn(banner(registry_url.clone(), published_urls, states));
     shutdown.await;
+    banner.abort();
     tracing::info!("stopping every task (drain, SIGTERM, SIGKILL after stopTimeout)");
     let _ = stop_tx.send(true);
     for s in schedulers {
@@ -213,6 +265,9 @@ pub async fn up(
     }
     if let Some(net) = network {
         net.destroy().await;
+    }
+    if let Some(r) = registry_task {
+        let _ = r.await;
     }
     let _ = tokio::fs::remove_file(opts.state_dir.join("state.json")).await;
     Ok(())
@@ -253,4 +308,112 @@ async fn registry_forwarder(
         .map_err(RunnerError::Forwarder)?;
     let url = format!("http://{}:{}", net.gateway(), target.port());
     Ok((url, tokio::spawn(publish::splice(listener, vec![target], stop))))
+}
+
+/// Creates each namespace (DNS_PRIVATE, so `dig` answers) and each Cloud Map service with A
+/// records, before any sidecar registers into them. Existing ones are kept as they are.
+async fn prepare_namespaces(url: &str, services: &[ServicePlan]) -> Result<(), RunnerError> {
+    use serde_json::json;
+    use skiff_registry_client::Client;
+    let mut namespaces: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for s in services {
+        if let Some(ns) = &s.namespace {
+            namespaces
+                .entry(ns.as_str())
+                .or_default()
+                .extend(s.discovery_names.iter().map(String::as_str));
+        }
+    }
+    for (ns, discovery_names) in namespaces {
+        let fail = |source| RunnerError::Namespace {
+            namespace: ns.to_owned(),
+            url: url.to_owned(),
+            source,
+        };
+        let client = Client::new(url).map_err(fail)?;
+        // A registry started a moment ago (or by the user) may still be coming up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let created = loop {
+            let r = client
+                .call(
+                    "CreatePrivateDnsNamespace",
+                    json!({ "Name": ns, "Vpc": "skiff-local", "CreatorRequestId": ns }),
+                )
+                .await;
+            match r {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        };
+        match created {
+            Ok(_) => {}
+            Err(e) if matches!(e.code(), Some("NamespaceAlreadyExists" | "DuplicateRequest")) => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let namespace_id = client.ensure_http_namespace(ns).await.map_err(fail)?;
+        for name in discovery_names {
+            let r = client
+                .call(
+                    "CreateService",
+                    json!({
+                        "Name": name,
+                        "NamespaceId": namespace_id,
+                        "CreatorRequestId": format!("{ns}/{name}"),
+                        "DnsConfig": { "RoutingPolicy": "MULTIVALUE", "DnsRecords": [{ "Type": "A", "TTL": 10 }, { "Type": "SRV", "TTL": 10 }] },
+                        "HealthCheckCustomConfig": { "FailureThreshold": 1 },
+                    }),
+                )
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if matches!(e.code(), Some("ServiceAlreadyExists" | "DuplicateRequest")) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Once every service has its desired tasks running (or after a minute), prints the table of
+/// tasks and where to look next.
+async fn banner(
+    registry_url: String,
+    published: Vec<String>,
+    states: Vec<watch::Receiver<ServiceState>>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = states.iter().all(|s| {
+            let s = s.borrow();
+            s.tasks
+                .iter()
+                .filter(|t| matches!(t.status, TaskStatus::Running { .. }))
+                .count() as u32
+                >= s.desired_count
+        });
+        if ready || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = StackState {
+        registry_url: registry_url.clone(),
+        services: states
+            .iter()
+            .filter_map(|s| serde_json::to_value(&*s.borrow()).ok())
+            .collect(),
+    };
+    let mut msg = String::from("\n");
+    msg.push_str(&state::format_table(&state));
+    for p in &published {
+        msg.push_str(&format!("\npublished: {p}   (try: curl {})", p.rsplit(' ').next().unwrap_or("")));
+    }
+    msg.push_str(&format!(
+        "\nregistry:  {registry_url}   (aws servicediscovery --endpoint-url {registry_url} list-services)"
+    ));
+    msg.push_str("\nmetrics:   each sidecar's ADMIN address above serves /metrics, /ready, /endpoints");
+    msg.push_str("\nstatus:    skiff ps        stop: Ctrl-C\n");
+    eprintln!("{msg}");
 }

@@ -13,6 +13,8 @@ pub struct ServicePlan {
     pub name: String,
     pub cluster: String,
     pub namespace: Option<String>,
+    /// The Cloud Map services this service's tasks register in (`discoveryName`s).
+    pub discovery_names: Vec<String>,
     pub family: String,
     pub revision: u32,
     pub task_definition_path: PathBuf,

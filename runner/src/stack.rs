@@ -122,6 +122,12 @@ fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
             name: service.service_name.clone(),
             cluster: service.cluster.clone(),
             namespace: service.service_connect.as_ref().map(|sc| sc.namespace.clone()),
+            discovery_names: service
+                .service_connect
+                .iter()
+                .flat_map(|sc| &sc.services)
+                .map(|s| s.discovery_name.as_str().to_owned())
+                .collect(),
             family: task.family.clone(),
             revision: service.task_definition.revision.map_or(1, |r| r.get()),
             task_definition_path: files

@@ -48,13 +48,18 @@ pub(crate) async fn write_loop(
     }
 }
 
-/// Prints the tasks of a running `skiff up` as a table; `Err` when none is running.
+/// The tasks of a running `skiff up` as a table; `Err` when none is running.
 pub fn print_ps(state_dir: &Path) -> Result<String, String> {
     let path = state_dir.join("state.json");
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("no running `skiff up` found ({}: {e})", path.display()))?;
     let state: StackState = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{}: unreadable state: {e}", path.display()))?;
+    Ok(format_table(&state))
+}
+
+/// One line per task: service, task id, address, status/health, sidecar admin, ingress.
+pub fn format_table(state: &StackState) -> String {
     let mut out = format!(
         "{:<16} {:<10} {:<16} {:<22} {:<24} {}\n",
         "SERVICE", "TASK", "ADDRESS", "STATUS", "ADMIN", "INGRESS"
@@ -99,5 +104,5 @@ pub fn print_ps(state_dir: &Path) -> Result<String, String> {
             }
         }
     }
-    Ok(out)
+    out
 }
