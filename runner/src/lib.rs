@@ -32,7 +32,7 @@ pub use plan::{
 pub use service::ServiceState;
 pub use stack::load;
 pub use state::{StackState, print_ps};
-pub use task::{IngressReady, SidecarReady, TaskInfo, TaskStatus};
+pub use task::{ContainerInfo, IngressReady, SidecarReady, TaskInfo, TaskStatus};
 
 /// The sidecar's drain window for tasks the runner stops (DESIGN.md: 20 s by default).
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);

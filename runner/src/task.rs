@@ -87,7 +87,18 @@ pub struct TaskInfo {
     pub arn: String,
     pub ip: Ipv4Addr,
     pub sidecar: Option<SidecarReady>,
+    /// The sidecar's process id.
+    pub sidecar_pid: Option<u32>,
+    pub containers: Vec<ContainerInfo>,
     pub status: TaskStatus,
+}
+
+/// One started container of a task.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub image: String,
+    pub pid: Option<u32>,
 }
 
 /// Handle on a running task.
@@ -112,6 +123,8 @@ impl TaskHandle {
             arn,
             ip,
             sidecar: None,
+            sidecar_pid: None,
+            containers: Vec::new(),
             status: TaskStatus::Provisioning,
         });
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
@@ -190,8 +203,12 @@ async fn run(
     if service.namespace.is_some() {
         match start_sidecar(&ctx, &service, &id, ip, &task_dir, &wrap, task_netns.as_ref()).await {
             Ok((child, ready)) => {
+                let pid = child.id();
                 sidecar = Some(child);
-                info.send_modify(|i| i.sidecar = Some(ready));
+                info.send_modify(|i| {
+                    i.sidecar = Some(ready);
+                    i.sidecar_pid = pid;
+                });
             }
             Err(e) => {
                 let reason = format!("sidecar failed to start: {e}");
@@ -245,6 +262,13 @@ async fn run(
                 break;
             }
         };
+        info.send_modify(|i| {
+            i.containers.push(ContainerInfo {
+                name: plan.name.clone(),
+                image: plan.image.clone(),
+                pid: child.id(),
+            })
+        });
         let (htx, hrx) = watch::channel(Health::Unknown);
         if let Some(hc) = plan.health_check.clone() {
             tokio::spawn(health::run(hc, wrap.clone(), argv0.clone(), cenv.clone(), htx));

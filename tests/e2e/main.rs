@@ -3,4 +3,5 @@
 mod cli;
 mod harness;
 mod quickstart;
+mod runner;
 mod validate;

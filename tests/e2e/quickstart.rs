@@ -14,13 +14,13 @@ const FRONTEND: &str = "127.0.0.1:8080";
 const REGISTRY: &str = "http://127.0.0.1:7070";
 
 /// A running `skiff up`, stopped with SIGINT (Ctrl-C) when dropped.
-struct Up {
+pub struct Up {
     child: Child,
-    state_dir: tempfile::TempDir,
+    pub state_dir: tempfile::TempDir,
 }
 
 impl Up {
-    fn start(mode: &str) -> Up {
+    pub fn start(mode: &str) -> Up {
         let state_dir = tempfile::tempdir().expect("tempdir");
         let child = skiff()
             .args(["up"])
@@ -35,7 +35,7 @@ impl Up {
         Up { child, state_dir }
     }
 
-    fn ps(&self) -> String {
+    pub fn ps(&self) -> String {
         let out = skiff()
             .args(["ps", "--state-dir"])
             .arg(self.state_dir.path())
@@ -86,6 +86,11 @@ fn wait_until_serving() {
 }
 
 fn healthy_instances(service: &str) -> usize {
+    healthy_instance_ids(service).len()
+}
+
+/// Instance ids `aws servicediscovery discover-instances` returns as HEALTHY.
+pub fn healthy_instance_ids(service: &str) -> Vec<String> {
     let out = Command::new("aws")
         .args([
             "servicediscovery",
@@ -109,7 +114,12 @@ fn healthy_instances(service: &str) -> usize {
         .output()
         .expect("aws cli");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["Instances"].as_array().map_or(0, Vec::len)
+    v["Instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["InstanceId"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn quickstart_end_to_end(mode: &str) {
@@ -164,4 +174,69 @@ fn quickstart_end_to_end(mode: &str) {
 #[test]
 fn serial_quickstart_host_mode() {
     quickstart_end_to_end("host");
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}
+
+fn leftover_network() -> Vec<String> {
+    let mut left = Vec::new();
+    let ns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    left.extend(
+        String::from_utf8_lossy(&ns.stdout)
+            .lines()
+            .filter(|l| l.starts_with("skiff-"))
+            .map(str::to_owned),
+    );
+    let links = Command::new("ip").args(["-o", "link"]).output().expect("ip link");
+    left.extend(
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter(|l| l.contains(": skbr") || l.contains(": skv"))
+            .map(str::to_owned),
+    );
+    left
+}
+
+/// awsvpc: each task in its own network namespace; Ctrl-C leaves no namespace, veth or bridge.
+/// Needs root, as network namespaces do (CI runs as root).
+#[test]
+fn serial_quickstart_awsvpc_mode() {
+    if !is_root() {
+        eprintln!("skipped: awsvpc mode needs root");
+        return;
+    }
+    assert!(leftover_network().is_empty(), "leftovers before the test: {:?}", leftover_network());
+    quickstart_end_to_end("awsvpc");
+    assert_eq!(leftover_network(), Vec::<String>::new(), "network left behind after Ctrl-C");
+}
+
+/// Inside an awsvpc task, the alias resolves through /etc/hosts to a VIP on the task's own
+/// loopback, as ECS's /etc/hosts entries do, with no HTTP_PROXY involved.
+#[test]
+fn serial_awsvpc_alias_resolves_through_etc_hosts() {
+    if !is_root() {
+        eprintln!("skipped: awsvpc mode needs root");
+        return;
+    }
+    let up = Up::start("awsvpc");
+    wait_until_serving();
+    let ns = eventually("a task namespace", Duration::from_secs(10), || {
+        let out = Command::new("ip").args(["netns", "list"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("skiff-"))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+    });
+    let out = eventually("curl http://orders:8080/ inside a task", Duration::from_secs(20), || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "curl", "-sS", "--max-time", "5", "--noproxy", "*", "http://orders:8080/"])
+            .output()
+            .ok()?;
+        out.status.success().then_some(out)
+    });
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(body["service"], "orders");
+    drop(up);
 }

@@ -1,0 +1,166 @@
+//! The runner under failure: a killed app under load, and stacks that cannot run.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::harness::{eventually, example, skiff};
+use crate::quickstart::{Up, get};
+
+const FRONTEND: &str = "127.0.0.1:8080";
+
+fn state(up: &Up) -> serde_json::Value {
+    let bytes = std::fs::read(up.state_dir.path().join("state.json")).unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
+fn tasks_of<'a>(state: &'a serde_json::Value, service: &str) -> Vec<&'a serde_json::Value> {
+    state["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == service)
+        .flat_map(|s| s["tasks"].as_array().into_iter().flatten())
+        .collect()
+}
+
+fn running_ids(state: &serde_json::Value, service: &str) -> Vec<String> {
+    tasks_of(state, service)
+        .into_iter()
+        .filter(|t| t["status"]["status"] == "RUNNING")
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Steady idempotent load through the published port until stopped: (sent, failed, first error).
+fn load(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize, Option<String>)> {
+    std::thread::spawn(move || {
+        let sent = AtomicUsize::new(0);
+        let mut failed = 0;
+        let mut first = None;
+        let mut n = 0;
+        // Bounded: at most 60 s of load, however the test goes.
+        while !stop.load(Ordering::Relaxed) && n < 3000 {
+            n += 1;
+            sent.fetch_add(1, Ordering::Relaxed);
+            match get(FRONTEND, "/") {
+                Ok((200, _)) => {}
+                other => {
+                    failed += 1;
+                    first.get_or_insert_with(|| format!("{other:?}"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (sent.into_inner(), failed, first)
+    })
+}
+
+/// SIGKILL one `orders` app under steady load: no client request fails, the task is replaced
+/// and the registry shows the replacement.
+#[test]
+fn serial_killed_app_is_replaced_without_client_failures() {
+    let up = Up::start("host");
+    eventually("the frontend to answer through the mesh", Duration::from_secs(90), || {
+        matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(())
+    });
+    eventually("3 running orders tasks", Duration::from_secs(30), || {
+        (running_ids(&state(&up), "orders").len() == 3).then_some(())
+    });
+    let before = state(&up);
+    let victim = tasks_of(&before, "orders")[0].clone();
+    let victim_id = victim["id"].as_str().expect("task id").to_owned();
+    let pid = victim["containers"][0]["pid"].as_u64().expect("app pid");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(stop.clone());
+    std::thread::sleep(Duration::from_millis(500)); // let load flow before the kill
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    assert!(killed.success());
+
+    // The dead task goes away and a new one takes its place.
+    eventually("a replacement orders task", Duration::from_secs(30), || {
+        let s = state(&up);
+        let ids = running_ids(&s, "orders");
+        (ids.len() == 3 && !ids.contains(&victim_id)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1)); // keep load flowing over the replacement
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed, first) = loader.join().expect("load thread");
+    assert!(sent > 50, "too little load to mean anything: {sent}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed; first: {first:?}");
+    // The registry shows the replacement and no longer the killed task.
+    eventually("the registry to show 3 healthy orders without the killed task", Duration::from_secs(30), || {
+        let ids = crate::quickstart::healthy_instance_ids("orders");
+        (ids.len() == 3 && !ids.contains(&victim_id)).then_some(())
+    });
+    let ps = up.ps();
+    assert!(ps.contains("Essential container in task exited"), "{ps}");
+}
+
+/// A stack with an error is refused before anything starts.
+#[test]
+fn stack_with_unknown_port_name_is_refused_before_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["orders.task.json", "orders.service.json"] {
+        let text = std::fs::read_to_string(example("quickstart").join(f)).expect("read");
+        let text = text.replace("\"portName\": \"http\"", "\"portName\": \"web\"");
+        std::fs::write(dir.path().join(f), text).expect("write");
+    }
+    let out = skiff()
+        .args(["up"])
+        .arg(dir.path())
+        .args(["--registry", "http://127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("skiff up");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("orders.service.json:") && err.contains("portName"), "{err}");
+    assert!(err.contains("nothing started"), "{err}");
+}
+
+/// A container whose command does not exist is reported per task with the reason, and the
+/// service backs off instead of restarting in a storm.
+#[test]
+fn serial_missing_command_is_reported_without_a_restart_storm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["orders.task.json", "orders.service.json"] {
+        let text = std::fs::read_to_string(example("quickstart").join(f)).expect("read");
+        let text = text.replace("\"entryPoint\": [\"skiff\"]", "\"entryPoint\": [\"/nonexistent/orders-server\"]");
+        std::fs::write(dir.path().join(f), text).expect("write");
+    }
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let mut child = skiff()
+        .args(["up"])
+        .arg(dir.path())
+        .args(["--drain-seconds", "0", "--state-dir"])
+        .arg(state_dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("skiff up");
+    let ps = || {
+        let out = skiff()
+            .args(["ps", "--state-dir"])
+            .arg(state_dir.path())
+            .output()
+            .expect("skiff ps");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = eventually("the failure to be reported", Duration::from_secs(30), || {
+        let p = ps();
+        p.contains("CannotStartContainerError").then_some(p)
+    });
+    assert!(first.contains("/nonexistent/orders-server"), "{first}");
+    // Three tasks failing at once, then back-off (1 s, 2 s, 4 s...): a few seconds later the
+    // stop events number far fewer than a tight loop would make.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = ps().matches("CannotStartContainerError").count();
+    assert!(events <= 10, "restart storm: {events} failures in ~3 s:\n{}", ps());
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = eventually("skiff up to exit", Duration::from_secs(30), || child.try_wait().ok().flatten());
+    assert!(status.success());
+}
