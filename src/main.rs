@@ -32,6 +32,12 @@ enum LogFormat {
 enum Command {
     /// Start every service of a stack directory (ECS JSON) with sidecars and log routers injected.
     Up(UpArgs),
+    /// Roll the services of a running `skiff up` whose JSON changed (ECS's rolling update).
+    Deploy {
+        /// The state directory of the `skiff up` to redeploy.
+        #[arg(long, env = "SKIFF_STATE_DIR", default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
     /// Show the tasks of a running `skiff up`: addresses, health, sidecar admin URLs.
     Ps {
         /// The state directory of the `skiff up` to show.
@@ -107,7 +113,10 @@ async fn up(args: UpArgs) -> Result<(), (u8, String)> {
     let services = skiff_runner::load(&args.dir).map_err(|problems| {
         (
             2,
-            format!("{problems}\n{} problem(s) found; nothing started", problems.len()),
+            format!(
+                "{problems}\n{} problem(s) found; nothing started",
+                problems.len()
+            ),
         )
     })?;
     let registry = match args.registry {
@@ -126,11 +135,13 @@ async fn up(args: UpArgs) -> Result<(), (u8, String)> {
         },
     };
     let opts = skiff_runner::UpOptions {
-        skiff_exe: std::env::current_exe().map_err(|e| (1, format!("cannot find the skiff executable: {e}")))?,
+        skiff_exe: std::env::current_exe()
+            .map_err(|e| (1, format!("cannot find the skiff executable: {e}")))?,
         registry,
         state_dir: args.state_dir,
         drain: std::time::Duration::from_secs(args.drain_seconds),
         network_mode,
+        stack_dir: Some(args.dir),
     };
     skiff_runner::up(services, opts, shutdown_signal())
         .await
@@ -188,12 +199,27 @@ struct ProxyArgs {
 async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
     let mut settings = load_settings(args.settings.as_deref())?.proxy;
     let stack = skiff_config::load_files(&[args.task_definition.clone(), args.service.clone()])
-        .map_err(|problems| (2, format!("{problems}\n{} problem(s) found", problems.len())))?;
+        .map_err(|problems| {
+            (
+                2,
+                format!("{problems}\n{} problem(s) found", problems.len()),
+            )
+        })?;
     let Some(service) = stack.services.first() else {
-        return Err((2, format!("{}: not a service definition", args.service.display())));
+        return Err((
+            2,
+            format!("{}: not a service definition", args.service.display()),
+        ));
     };
     let Some(task) = stack.task_definition(service) else {
-        return Err((2, format!("{}: not the task definition of service {}", args.task_definition.display(), service.service_name)));
+        return Err((
+            2,
+            format!(
+                "{}: not the task definition of service {}",
+                args.task_definition.display(),
+                service.service_name
+            ),
+        ));
     };
     if let Some(ip) = args.bind_ip {
         settings.bind_ip = ip;
@@ -214,10 +240,14 @@ async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
     let discovery = skiff_proxy::DiscoverySource::Registry { url: args.registry };
     let mut opts = skiff_proxy::ecs::sidecar_options(task, service, &settings, &task_id, discovery)
         .map_err(|e| (2, e.to_string()))?;
-    opts.dns_port = Some(args.dns_port.unwrap_or_else(|| settings.dns_port.resolve(is_root())));
+    opts.dns_port = Some(
+        args.dns_port
+            .unwrap_or_else(|| settings.dns_port.resolve(is_root())),
+    );
     opts.hosts_file = args.hosts_file;
     if let Some(cidr) = args.vip_cidr {
-        let cidr = skiff_config::settings::Ipv4Cidr::parse(&cidr).map_err(|e| (2, format!("--vip-cidr: {e}")))?;
+        let cidr = skiff_config::settings::Ipv4Cidr::parse(&cidr)
+            .map_err(|e| (2, format!("--vip-cidr: {e}")))?;
         opts.config.vip_base = Some(cidr.network);
         opts.config.vip_prefix_len = cidr.prefix_len;
     }
@@ -289,7 +319,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     init_logging(&cli.log, cli.log_format);
@@ -300,6 +334,18 @@ fn main() -> ExitCode {
         }
         Command::Validate { files } => validate(&files),
         Command::Up(args) => block_on(2, up(args)),
+        Command::Deploy { state_dir } => match skiff_runner::request_deploy(&state_dir) {
+            Ok(pid) => {
+                println!(
+                    "asked skiff up (pid {pid}) to re-read its stack and roll changed services"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("skiff deploy: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Ps { state_dir } => match skiff_runner::print_ps(&state_dir) {
             Ok(table) => {
                 print!("{table}");
@@ -397,7 +443,12 @@ fn write_ready_file(
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, value.to_string())
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| (1, format!("cannot write ready file {}: {e}", path.display())))
+        .map_err(|e| {
+            (
+                1,
+                format!("cannot write ready file {}: {e}", path.display()),
+            )
+        })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -31,7 +31,7 @@ pub use plan::{
 };
 pub use service::ServiceState;
 pub use stack::load;
-pub use state::{StackState, print_ps};
+pub use state::{StackState, print_ps, request_deploy};
 pub use task::{ContainerInfo, IngressReady, SidecarReady, TaskInfo, TaskStatus};
 
 /// The sidecar's drain window for tasks the runner stops (DESIGN.md: 20 s by default).
@@ -102,6 +102,8 @@ pub struct UpOptions {
     pub state_dir: PathBuf,
     pub drain: Duration,
     pub network_mode: NetworkMode,
+    /// The stack directory, re-read on SIGHUP (`skiff deploy`) to roll changed services.
+    pub stack_dir: Option<PathBuf>,
 }
 
 /// How tasks are networked (ECS's `networkMode`, as this machine can provide it).
@@ -202,6 +204,7 @@ pub async fn up(
     };
 
     let mut schedulers = Vec::new();
+    let mut plan_txs = Vec::new();
     let mut publishers = Vec::new();
     let mut states = Vec::new();
     let mut published_urls = Vec::new();
@@ -215,12 +218,12 @@ pub async fn up(
         });
         for port in &plan.published {
             let addr = SocketAddr::from(([127, 0, 0, 1], port.host_port));
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
-                RunnerError::Publish {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunnerError::Publish {
                     port: port.host_port,
                     source,
-                }
-            })?;
+                })?;
             published_urls.push(format!("{} -> http://{addr}/", plan.name));
             publishers.push(tokio::spawn(publish::run(
                 listener,
@@ -231,9 +234,11 @@ pub async fn up(
         }
         states.push(state_rx);
         let index = u8::try_from(index).map_err(|_| RunnerError::TooManyServices)?;
+        let (plan_tx, plan_rx) = watch::channel(plan);
+        plan_txs.push(plan_tx);
         schedulers.push(tokio::spawn(service::run(
             ctx.clone(),
-            plan,
+            plan_rx,
             index,
             stop_rx.clone(),
             state_tx,
@@ -248,7 +253,18 @@ pub async fn up(
         stop_rx.clone(),
     ));
     let banner = tokio::spawn(banner(registry_url.clone(), published_urls, states));
-    shutdown.await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                if let Some(dir) = &opts.stack_dir {
+                    redeploy(dir, &plan_txs);
+                }
+            }
+        }
+    }
     banner.abort();
     tracing::info!("stopping every task (drain, SIGTERM, SIGKILL after stopTimeout)");
     let _ = stop_tx.send(true);
@@ -307,7 +323,10 @@ async fn registry_forwarder(
         .await
         .map_err(RunnerError::Forwarder)?;
     let url = format!("http://{}:{}", net.gateway(), target.port());
-    Ok((url, tokio::spawn(publish::splice(listener, vec![target], stop))))
+    Ok((
+        url,
+        tokio::spawn(publish::splice(listener, vec![target], stop)),
+    ))
 }
 
 /// Creates each namespace (DNS_PRIVATE, so `dig` answers) and each Cloud Map service with A
@@ -349,7 +368,11 @@ async fn prepare_namespaces(url: &str, services: &[ServicePlan]) -> Result<(), R
         };
         match created {
             Ok(_) => {}
-            Err(e) if matches!(e.code(), Some("NamespaceAlreadyExists" | "DuplicateRequest")) => {}
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("NamespaceAlreadyExists" | "DuplicateRequest")
+                ) => {}
             Err(e) => return Err(fail(e)),
         }
         let namespace_id = client.ensure_http_namespace(ns).await.map_err(fail)?;
@@ -368,7 +391,8 @@ async fn prepare_namespaces(url: &str, services: &[ServicePlan]) -> Result<(), R
                 .await;
             match r {
                 Ok(_) => {}
-                Err(e) if matches!(e.code(), Some("ServiceAlreadyExists" | "DuplicateRequest")) => {}
+                Err(e) if matches!(e.code(), Some("ServiceAlreadyExists" | "DuplicateRequest")) => {
+                }
                 Err(e) => return Err(fail(e)),
             }
         }
@@ -399,6 +423,7 @@ async fn banner(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let state = StackState {
+        pid: std::process::id(),
         registry_url: registry_url.clone(),
         services: states
             .iter()
@@ -408,12 +433,45 @@ async fn banner(
     let mut msg = String::from("\n");
     msg.push_str(&state::format_table(&state));
     for p in &published {
-        msg.push_str(&format!("\npublished: {p}   (try: curl {})", p.rsplit(' ').next().unwrap_or("")));
+        msg.push_str(&format!(
+            "\npublished: {p}   (try: curl {})",
+            p.rsplit(' ').next().unwrap_or("")
+        ));
     }
     msg.push_str(&format!(
         "\nregistry:  {registry_url}   (aws servicediscovery --endpoint-url {registry_url} list-services)"
     ));
-    msg.push_str("\nmetrics:   each sidecar's ADMIN address above serves /metrics, /ready, /endpoints");
+    msg.push_str(
+        "\nmetrics:   each sidecar's ADMIN address above serves /metrics, /ready, /endpoints",
+    );
     msg.push_str("\nstatus:    skiff ps        stop: Ctrl-C\n");
     eprintln!("{msg}");
+}
+
+/// Re-reads the stack and hands each changed service its new plan: its scheduler then rolls
+/// tasks within `minimumHealthyPercent`/`maximumPercent`. A stack with problems changes nothing.
+fn redeploy(dir: &std::path::Path, plans: &[watch::Sender<Arc<ServicePlan>>]) {
+    let new = match stack::load(dir) {
+        Ok(new) => new,
+        Err(problems) => {
+            eprintln!(
+                "{problems}\n{} problem(s) found; nothing deployed",
+                problems.len()
+            );
+            return;
+        }
+    };
+    for plan in new {
+        let Some(tx) = plans.iter().find(|tx| tx.borrow().name == plan.name) else {
+            eprintln!(
+                "service {} is new: restart `skiff up` to add services (changed ones roll in place)",
+                plan.name
+            );
+            continue;
+        };
+        if **tx.borrow() != plan {
+            eprintln!("deploying service {}", plan.name);
+            tx.send_replace(Arc::new(plan));
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One ECS service: `desiredCount` copies of a task definition.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServicePlan {
     pub name: String,
     pub cluster: String,
@@ -27,14 +27,14 @@ pub struct ServicePlan {
     pub published: Vec<PublishedPort>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PublishedPort {
     pub host_port: u16,
     pub port_name: Option<String>,
     pub container_port: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ContainerPlan {
     pub name: String,
     pub image: String,
@@ -57,7 +57,7 @@ pub enum HealthCommand {
     Shell(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HealthCheckPlan {
     pub command: HealthCommand,
     pub interval: Duration,
@@ -74,7 +74,7 @@ pub enum Condition {
     Healthy,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Dependency {
     pub container: String,
     pub condition: Condition,

@@ -121,7 +121,10 @@ fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
         plans.push(ServicePlan {
             name: service.service_name.clone(),
             cluster: service.cluster.clone(),
-            namespace: service.service_connect.as_ref().map(|sc| sc.namespace.clone()),
+            namespace: service
+                .service_connect
+                .as_ref()
+                .map(|sc| sc.namespace.clone()),
             discovery_names: service
                 .service_connect
                 .iter()

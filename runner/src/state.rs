@@ -11,6 +11,9 @@ use crate::service::ServiceState;
 /// The file `skiff ps` reads.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackState {
+    /// The `skiff up` process (`skiff deploy` signals it).
+    #[serde(default)]
+    pub pid: u32,
     pub registry_url: String,
     pub services: Vec<serde_json::Value>,
 }
@@ -29,6 +32,7 @@ pub(crate) async fn write_loop(
             _ = tick.tick() => {}
         }
         let state = StackState {
+            pid: std::process::id(),
             registry_url: registry_url.clone(),
             services: services
                 .iter()
@@ -105,4 +109,20 @@ pub fn format_table(state: &StackState) -> String {
         }
     }
     out
+}
+
+/// Asks the running `skiff up` to re-read its stack and roll the services that changed.
+pub fn request_deploy(state_dir: &Path) -> Result<u32, String> {
+    let path = state_dir.join("state.json");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("no running `skiff up` found ({}: {e})", path.display()))?;
+    let state: StackState = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: unreadable state: {e}", path.display()))?;
+    let pid = i32::try_from(state.pid).map_err(|_| "bad pid in state".to_owned())?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| format!("cannot signal skiff up (pid {pid}): {e}"))?;
+    Ok(state.pid)
 }

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep};
 
 use crate::RunnerError;
-use crate::netns::{self, Network, TaskNetns};
 use crate::health::{self, Health};
+use crate::netns::{self, Network, TaskNetns};
 use crate::plan::{Condition, ContainerPlan, ServicePlan};
 use crate::process::{self, LogLine};
 
@@ -104,6 +104,8 @@ pub struct ContainerInfo {
 /// Handle on a running task.
 pub struct TaskHandle {
     pub info: watch::Receiver<TaskInfo>,
+    /// The plan this task was started from (a deployment replaces tasks of older plans).
+    pub plan: Arc<ServicePlan>,
     stop: Option<tokio::sync::oneshot::Sender<String>>,
     join: tokio::task::JoinHandle<()>,
 }
@@ -128,9 +130,10 @@ impl TaskHandle {
             status: TaskStatus::Provisioning,
         });
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        let join = tokio::spawn(run(ctx, service, info_tx, stop_rx));
+        let join = tokio::spawn(run(ctx, service.clone(), info_tx, stop_rx));
         TaskHandle {
             info,
+            plan: service,
             stop: Some(stop),
             join,
         }
@@ -140,6 +143,21 @@ impl TaskHandle {
     pub fn request_stop(&mut self, reason: impl Into<String>) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(reason.into());
+        }
+    }
+
+    /// Whether the runner asked this task to stop (rather than it failing by itself).
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_none()
+    }
+
+    /// Running, and healthy where the task definition has health checks: it serves traffic.
+    pub fn serving(&self, checked: bool) -> bool {
+        match self.info.borrow().status {
+            TaskStatus::Running { healthy } => {
+                healthy == Health::Healthy || (!checked && healthy == Health::Unknown)
+            }
+            _ => false,
         }
     }
 
@@ -196,12 +214,25 @@ async fn run(
             }
         }
     }
-    let wrap = task_netns.as_ref().map(netns::exec_prefix).unwrap_or_default();
+    let wrap = task_netns
+        .as_ref()
+        .map(netns::exec_prefix)
+        .unwrap_or_default();
 
     // 1. The sidecar first, as ECS starts the Service Connect agent before the app.
     let mut sidecar = None;
     if service.namespace.is_some() {
-        match start_sidecar(&ctx, &service, &id, ip, &task_dir, &wrap, task_netns.as_ref()).await {
+        match start_sidecar(
+            &ctx,
+            &service,
+            &id,
+            ip,
+            &task_dir,
+            &wrap,
+            task_netns.as_ref(),
+        )
+        .await
+        {
             Ok((child, ready)) => {
                 let pid = child.id();
                 sidecar = Some(child);
@@ -271,7 +302,13 @@ async fn run(
         });
         let (htx, hrx) = watch::channel(Health::Unknown);
         if let Some(hc) = plan.health_check.clone() {
-            tokio::spawn(health::run(hc, wrap.clone(), argv0.clone(), cenv.clone(), htx));
+            tokio::spawn(health::run(
+                hc,
+                wrap.clone(),
+                argv0.clone(),
+                cenv.clone(),
+                htx,
+            ));
         } else {
             drop(htx);
         }
@@ -538,6 +575,9 @@ fn task_health(running: &[Running]) -> Health {
             other => return other,
         }
     }
-    if any { Health::Healthy } else { Health::Unknown }
+    if any {
+        Health::Healthy
+    } else {
+        Health::Unknown
+    }
 }
-

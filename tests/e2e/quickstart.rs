@@ -21,11 +21,21 @@ pub struct Up {
 
 impl Up {
     pub fn start(mode: &str) -> Up {
+        Up::start_dir(&example("quickstart"), mode)
+    }
+
+    pub fn start_dir(dir: &std::path::Path, mode: &str) -> Up {
         let state_dir = tempfile::tempdir().expect("tempdir");
         let child = skiff()
             .args(["up"])
-            .arg(example("quickstart"))
-            .args(["--network-mode", mode, "--drain-seconds", "1", "--state-dir"])
+            .arg(dir)
+            .args([
+                "--network-mode",
+                mode,
+                "--drain-seconds",
+                "1",
+                "--state-dir",
+            ])
             .arg(state_dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -48,16 +58,36 @@ impl Up {
     fn interrupt(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-INT", &pid]).status();
-        eventually("skiff up to exit after SIGINT", Duration::from_secs(60), || {
-            self.child.try_wait().ok().flatten()
-        })
+        eventually(
+            "skiff up to exit after SIGINT",
+            Duration::from_secs(60),
+            || self.child.try_wait().ok().flatten(),
+        )
     }
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.interrupt();
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-INT", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if self.child.try_wait().ok().flatten().is_none() {
+                eprintln!("skiff up did not stop after SIGINT; killing it");
+                let _ = self.child.kill();
+            }
+        }
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.state_dir.path().join("up.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of skiff up's output ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
         }
     }
 }
@@ -66,23 +96,32 @@ impl Drop for Up {
 pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| format!("read: {e}"))?;
+    s.read_to_string(&mut buf)
+        .map_err(|e| format!("read: {e}"))?;
     let status = buf
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("no status line in {buf:?}"))?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 fn wait_until_serving() {
-    eventually("the frontend to answer 200 through the mesh", Duration::from_secs(90), || {
-        matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(())
-    });
+    eventually(
+        "the frontend to answer 200 through the mesh",
+        Duration::from_secs(90),
+        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
+    );
 }
 
 fn healthy_instances(service: &str) -> usize {
@@ -134,41 +173,81 @@ fn quickstart_end_to_end(mode: &str) {
             .args(["-sS", "--max-time", "10", &format!("http://{FRONTEND}/")])
             .output()
             .expect("curl");
-        assert!(out.status.success(), "request {i} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "request {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let body: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("frontend answers JSON");
         assert_eq!(body["service"], "frontend");
         let call = &body["calls"][0];
-        assert_eq!(call["service"], "orders", "frontend did not reach orders: {body}");
+        assert_eq!(
+            call["service"], "orders",
+            "frontend did not reach orders: {body}"
+        );
         if let Some(task) = call["task"].as_str() {
             orders_tasks.insert(task.to_owned());
         }
     }
-    assert!(orders_tasks.len() >= 2, "balancing used only {orders_tasks:?}");
+    assert!(
+        orders_tasks.len() >= 2,
+        "balancing used only {orders_tasks:?}"
+    );
 
     // The registry shows every task healthy, over the Cloud Map API and DNS.
-    eventually("3 healthy orders instances", Duration::from_secs(30), || {
-        (healthy_instances("orders") == 3).then_some(())
-    });
-    eventually("2 healthy frontend instances", Duration::from_secs(30), || {
-        (healthy_instances("frontend") == 2).then_some(())
-    });
+    eventually(
+        "3 healthy orders instances",
+        Duration::from_secs(30),
+        || (healthy_instances("orders") == 3).then_some(()),
+    );
+    eventually(
+        "2 healthy frontend instances",
+        Duration::from_secs(30),
+        || (healthy_instances("frontend") == 2).then_some(()),
+    );
     let dig = Command::new("dig")
-        .args(["@127.0.0.1", "-p", "8600", "+short", "orders.prod.internal", "A"])
+        .args([
+            "@127.0.0.1",
+            "-p",
+            "8600",
+            "+short",
+            "orders.prod.internal",
+            "A",
+        ])
         .output()
         .expect("dig");
     let answers = String::from_utf8_lossy(&dig.stdout).lines().count();
-    assert_eq!(answers, 3, "dig orders.prod.internal: {}", String::from_utf8_lossy(&dig.stdout));
+    assert_eq!(
+        answers,
+        3,
+        "dig orders.prod.internal: {}",
+        String::from_utf8_lossy(&dig.stdout)
+    );
 
     let ps = up.ps();
-    assert_eq!(ps.lines().filter(|l| l.starts_with("orders")).count(), 3, "{ps}");
-    assert_eq!(ps.lines().filter(|l| l.starts_with("frontend")).count(), 2, "{ps}");
+    assert_eq!(
+        ps.lines().filter(|l| l.starts_with("orders")).count(),
+        3,
+        "{ps}"
+    );
+    assert_eq!(
+        ps.lines().filter(|l| l.starts_with("frontend")).count(),
+        2,
+        "{ps}"
+    );
 
     let started = Instant::now();
     let status = up.interrupt();
-    assert!(status.success(), "skiff up exited with {status} after Ctrl-C");
+    assert!(
+        status.success(),
+        "skiff up exited with {status} after Ctrl-C"
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
-    assert!(get(FRONTEND, "/").is_err(), "the published port is still served after exit");
+    assert!(
+        get(FRONTEND, "/").is_err(),
+        "the published port is still served after exit"
+    );
 }
 
 #[test]
@@ -182,14 +261,20 @@ fn is_root() -> bool {
 
 fn leftover_network() -> Vec<String> {
     let mut left = Vec::new();
-    let ns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
     left.extend(
         String::from_utf8_lossy(&ns.stdout)
             .lines()
             .filter(|l| l.starts_with("skiff-"))
             .map(str::to_owned),
     );
-    let links = Command::new("ip").args(["-o", "link"]).output().expect("ip link");
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
     left.extend(
         String::from_utf8_lossy(&links.stdout)
             .lines()
@@ -207,9 +292,17 @@ fn serial_quickstart_awsvpc_mode() {
         eprintln!("skipped: awsvpc mode needs root");
         return;
     }
-    assert!(leftover_network().is_empty(), "leftovers before the test: {:?}", leftover_network());
+    assert!(
+        leftover_network().is_empty(),
+        "leftovers before the test: {:?}",
+        leftover_network()
+    );
     quickstart_end_to_end("awsvpc");
-    assert_eq!(leftover_network(), Vec::<String>::new(), "network left behind after Ctrl-C");
+    assert_eq!(
+        leftover_network(),
+        Vec::<String>::new(),
+        "network left behind after Ctrl-C"
+    );
 }
 
 /// Inside an awsvpc task, the alias resolves through /etc/hosts to a VIP on the task's own
@@ -229,13 +322,28 @@ fn serial_awsvpc_alias_resolves_through_etc_hosts() {
             .find(|l| l.starts_with("skiff-"))
             .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
     });
-    let out = eventually("curl http://orders:8080/ inside a task", Duration::from_secs(20), || {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "curl", "-sS", "--max-time", "5", "--noproxy", "*", "http://orders:8080/"])
-            .output()
-            .ok()?;
-        out.status.success().then_some(out)
-    });
+    let out = eventually(
+        "curl http://orders:8080/ inside a task",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "--noproxy",
+                    "*",
+                    "http://orders:8080/",
+                ])
+                .output()
+                .ok()?;
+            out.status.success().then_some(out)
+        },
+    );
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(body["service"], "orders");
     drop(up);

@@ -62,9 +62,11 @@ fn load(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize, Option<
 #[test]
 fn serial_killed_app_is_replaced_without_client_failures() {
     let up = Up::start("host");
-    eventually("the frontend to answer through the mesh", Duration::from_secs(90), || {
-        matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(())
-    });
+    eventually(
+        "the frontend to answer through the mesh",
+        Duration::from_secs(90),
+        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
+    );
     eventually("3 running orders tasks", Duration::from_secs(30), || {
         (running_ids(&state(&up), "orders").len() == 3).then_some(())
     });
@@ -76,7 +78,10 @@ fn serial_killed_app_is_replaced_without_client_failures() {
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(stop.clone());
     std::thread::sleep(Duration::from_millis(500)); // let load flow before the kill
-    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(killed.success());
 
     // The dead task goes away and a new one takes its place.
@@ -89,12 +94,19 @@ fn serial_killed_app_is_replaced_without_client_failures() {
     stop.store(true, Ordering::Relaxed);
     let (sent, failed, first) = loader.join().expect("load thread");
     assert!(sent > 50, "too little load to mean anything: {sent}");
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed; first: {first:?}");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed; first: {first:?}"
+    );
     // The registry shows the replacement and no longer the killed task.
-    eventually("the registry to show 3 healthy orders without the killed task", Duration::from_secs(30), || {
-        let ids = crate::quickstart::healthy_instance_ids("orders");
-        (ids.len() == 3 && !ids.contains(&victim_id)).then_some(())
-    });
+    eventually(
+        "the registry to show 3 healthy orders without the killed task",
+        Duration::from_secs(30),
+        || {
+            let ids = crate::quickstart::healthy_instance_ids("orders");
+            (ids.len() == 3 && !ids.contains(&victim_id)).then_some(())
+        },
+    );
     let ps = up.ps();
     assert!(ps.contains("Essential container in task exited"), "{ps}");
 }
@@ -117,7 +129,10 @@ fn stack_with_unknown_port_name_is_refused_before_start() {
         .expect("skiff up");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("orders.service.json:") && err.contains("portName"), "{err}");
+    assert!(
+        err.contains("orders.service.json:") && err.contains("portName"),
+        "{err}"
+    );
     assert!(err.contains("nothing started"), "{err}");
 }
 
@@ -128,7 +143,10 @@ fn serial_missing_command_is_reported_without_a_restart_storm() {
     let dir = tempfile::tempdir().expect("tempdir");
     for f in ["orders.task.json", "orders.service.json"] {
         let text = std::fs::read_to_string(example("quickstart").join(f)).expect("read");
-        let text = text.replace("\"entryPoint\": [\"skiff\"]", "\"entryPoint\": [\"/nonexistent/orders-server\"]");
+        let text = text.replace(
+            "\"entryPoint\": [\"skiff\"]",
+            "\"entryPoint\": [\"/nonexistent/orders-server\"]",
+        );
         std::fs::write(dir.path().join(f), text).expect("write");
     }
     let state_dir = tempfile::tempdir().expect("tempdir");
@@ -150,17 +168,89 @@ fn serial_missing_command_is_reported_without_a_restart_storm() {
             .expect("skiff ps");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let first = eventually("the failure to be reported", Duration::from_secs(30), || {
-        let p = ps();
-        p.contains("CannotStartContainerError").then_some(p)
-    });
+    let first = eventually(
+        "the failure to be reported",
+        Duration::from_secs(30),
+        || {
+            let p = ps();
+            p.contains("CannotStartContainerError").then_some(p)
+        },
+    );
     assert!(first.contains("/nonexistent/orders-server"), "{first}");
     // Three tasks failing at once, then back-off (1 s, 2 s, 4 s...): a few seconds later the
     // stop events number far fewer than a tight loop would make.
     std::thread::sleep(Duration::from_secs(3));
     let events = ps().matches("CannotStartContainerError").count();
-    assert!(events <= 10, "restart storm: {events} failures in ~3 s:\n{}", ps());
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let status = eventually("skiff up to exit", Duration::from_secs(30), || child.try_wait().ok().flatten());
+    assert!(
+        events <= 10,
+        "restart storm: {events} failures in ~3 s:\n{}",
+        ps()
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = eventually("skiff up to exit", Duration::from_secs(30), || {
+        child.try_wait().ok().flatten()
+    });
     assert!(status.success());
+}
+
+/// A changed task definition rolls onto new tasks under load with no client failure
+/// (minimumHealthyPercent 100, maximumPercent 200: new tasks start before old ones drain).
+#[test]
+fn serial_rolling_update_under_load_has_no_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(example("quickstart")).expect("quickstart") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    let up = Up::start_dir(dir.path(), "host");
+    eventually(
+        "the frontend to answer through the mesh",
+        Duration::from_secs(90),
+        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
+    );
+    let old = eventually("3 running orders tasks", Duration::from_secs(30), || {
+        let ids = running_ids(&state(&up), "orders");
+        (ids.len() == 3).then_some(ids)
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    // A new revision of orders: one more environment variable.
+    let task = dir.path().join("orders.task.json");
+    let text = std::fs::read_to_string(&task).expect("read");
+    let text = text.replacen("\"essential\": true,", "\"essential\": true,\n      \"environment\": [{ \"name\": \"ORDERS_VERSION\", \"value\": \"2\" }],", 1);
+    std::fs::write(&task, text).expect("write");
+    let deploy = skiff()
+        .args(["deploy", "--state-dir"])
+        .arg(up.state_dir.path())
+        .output()
+        .expect("skiff deploy");
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+
+    eventually(
+        "every orders task replaced",
+        Duration::from_secs(60),
+        || {
+            let s = state(&up);
+            let ids = running_ids(&s, "orders");
+            let all_tasks = tasks_of(&s, "orders").len();
+            (ids.len() == 3 && all_tasks == 3 && ids.iter().all(|i| !old.contains(i))).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed, first) = loader.join().expect("load thread");
+    assert!(sent > 50, "too little load to mean anything: {sent}");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed; first: {first:?}"
+    );
+    assert!(up.ps().contains("has started a deployment"), "{}", up.ps());
 }

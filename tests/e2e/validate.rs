@@ -9,7 +9,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn validate(files: &[PathBuf]) -> std::process::Output {
-    skiff().arg("validate").args(files).output().expect("run skiff validate")
+    skiff()
+        .arg("validate")
+        .args(files)
+        .output()
+        .expect("run skiff validate")
 }
 
 /// Exit 2, nothing on stdout, and stderr holds `want` (a whole diagnostic line's tail).
@@ -19,7 +23,10 @@ fn assert_refused(files: &[PathBuf], want: &[&str]) {
     assert_eq!(stdout(&out), "", "validate printed to stdout on failure");
     let err = stderr(&out);
     for w in want {
-        assert!(err.lines().any(|l| l.ends_with(w)), "missing {w:?} in:\n{err}");
+        assert!(
+            err.lines().any(|l| l.ends_with(w)),
+            "missing {w:?} in:\n{err}"
+        );
     }
 }
 
@@ -47,7 +54,9 @@ fn trailing_comma_reports_line_and_column() {
 fn unknown_field_names_the_nearest_valid_one() {
     assert_refused(
         &[fixture("unknown_field_suggestion.json")],
-        &[":7:7: containerDefinitions[0].portMapping: unknown field `portMapping`, did you mean `portMappings`?"],
+        &[
+            ":7:7: containerDefinitions[0].portMapping: unknown field `portMapping`, did you mean `portMappings`?",
+        ],
     );
 }
 
@@ -55,7 +64,10 @@ fn unknown_field_names_the_nearest_valid_one() {
 fn port_name_must_match_a_port_mapping() {
     let dir = fixture("port_name_not_found");
     assert_refused(
-        &[dir.join("orders.task.json"), dir.join("orders.service.json")],
+        &[
+            dir.join("orders.task.json"),
+            dir.join("orders.service.json"),
+        ],
         &[
             "orders.service.json:10:9: serviceConnectConfiguration.services[0].portName: no port mapping named \"htttp\" in task definition \"orders\"; did you mean \"http\"?",
             "orders.service.json:18:9: serviceConnectConfiguration.services[1].portName: no port mapping named \"grpc\" in task definition \"orders\" (port names: http, admin)",
@@ -72,7 +84,9 @@ fn per_request_timeout_is_refused_on_tcp_ports() {
         .collect();
     assert_refused(
         &files,
-        &["db.service.json:18:11: serviceConnectConfiguration.services[0].timeout.perRequestTimeoutSeconds: port mapping \"pg\" has no appProtocol (TCP): only idleTimeoutSeconds applies"],
+        &[
+            "db.service.json:18:11: serviceConnectConfiguration.services[0].timeout.perRequestTimeoutSeconds: port mapping \"pg\" has no appProtocol (TCP): only idleTimeoutSeconds applies",
+        ],
     );
 }
 
@@ -80,5 +94,9 @@ fn per_request_timeout_is_refused_on_tcp_ports() {
 fn missing_file_is_a_clear_error() {
     let out = validate(&[PathBuf::from("/nonexistent/task.json")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/nonexistent/task.json"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/task.json"),
+        "{}",
+        stderr(&out)
+    );
 }
