@@ -49,7 +49,7 @@ enum Command {
     /// Run a sidecar proxy for one task.
     Proxy(ProxyArgs),
     /// Run a log router (Fluent Bit classic configuration).
-    Logrouter,
+    Logrouter(LogrouterArgs),
     /// Generate load and run benchmarks against peers (loopback only).
     Loadtest(skiff_loadtest::LoadtestArgs),
     /// The demo app the examples run (`serve`), and its health probe (`probe`).
@@ -291,6 +291,45 @@ fn random_task_id() -> String {
     format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 64))
 }
 
+/// `skiff logrouter`: a FireLens-style log router configured the Fluent Bit way.
+#[derive(clap::Args)]
+struct LogrouterArgs {
+    /// Fluent Bit classic configuration file ([SERVICE], [INPUT], [FILTER], [OUTPUT]).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: PathBuf,
+    /// ECS metadata added to every record (as FireLens does with enable-ecs-log-metadata).
+    #[arg(long, env = "ECS_CLUSTER")]
+    ecs_cluster: Option<String>,
+    #[arg(long, env = "ECS_TASK_ARN")]
+    ecs_task_arn: Option<String>,
+    #[arg(long, env = "ECS_TASK_DEFINITION")]
+    ecs_task_definition: Option<String>,
+    /// Write `{"forward_addr":..,"metrics_addr":..}` here once listening.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+async fn logrouter(args: LogrouterArgs) -> Result<(), (u8, String)> {
+    let config = skiff_logrouter::LogRouterConfig::load(&args.config).map_err(|e| (2, e.to_string()))?;
+    let metadata = skiff_logrouter::EcsMetadata {
+        cluster: args.ecs_cluster,
+        task_arn: args.ecs_task_arn,
+        task_definition: args.ecs_task_definition,
+        ..skiff_logrouter::EcsMetadata::default()
+    };
+    let metrics = prometheus::Registry::new();
+    let router = skiff_logrouter::LogRouter::start(config, metadata, &metrics)
+        .await
+        .map_err(runtime_error)?;
+    let ready = serde_json::json!({
+        "forward_addr": router.forward_addr().map(|a| a.to_string()),
+        "metrics_addr": router.metrics_addr().map(|a| a.to_string()),
+        "unix_paths": router.unix_paths(),
+    });
+    write_ready_file(args.ready_file.as_deref(), &ready)?;
+    router.run(shutdown_signal()).await.map_err(runtime_error)
+}
+
 /// `skiff registry`: flags override the `[registry]` section of `--settings`.
 #[derive(clap::Args)]
 struct RegistryArgs {
@@ -358,7 +397,7 @@ fn main() -> ExitCode {
         },
         Command::Registry(args) => block_on(2, registry(args)),
         Command::Proxy(args) => block_on(1, proxy(args)),
-        Command::Logrouter => not_built("logrouter", "the log router"),
+        Command::Logrouter(args) => block_on(2, logrouter(args)),
         Command::Loadtest(args) => block_on(2, async {
             skiff_loadtest::loadtest_main(args)
                 .await
@@ -493,11 +532,6 @@ fn block_on(
             ExitCode::from(code)
         }
     }
-}
-
-fn not_built(cmd: &str, what: &str) -> ExitCode {
-    eprintln!("skiff {cmd}: not built yet: {what} is not part of this build");
-    ExitCode::from(2)
 }
 
 fn init_logging(filter: &str, format: LogFormat) {

@@ -11,8 +11,11 @@
 //! HAProxy rows. Everything started is stopped by PID; the run is bounded by a
 //! time budget.
 
+pub mod harness;
+pub mod logrouter;
 pub mod peers;
 pub mod process;
+pub mod registry;
 pub mod table;
 
 use std::collections::BTreeMap;

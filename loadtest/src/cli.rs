@@ -133,6 +133,12 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Drive one origin directly, through HAProxy, nginx and the skiff sidecar, each pinned to a core; print a comparison.
     Proxy(BenchProxyArgs),
+    /// The registry's DNS against Knot DNS (dnsperf), then DiscoverInstances latency, watch
+    /// fan-out, durable registrations/s, memory at scale and restart after kill -9 (≤ 3 min).
+    Registry(BenchRegistryArgs),
+    /// The log router over Forward: acked records/s, records per CPU-second and peak RSS to a null
+    /// and a buffered file output (optionally against Fluent Bit), and a kill -9 crash run (≤ 2 min).
+    Logrouter(BenchLogrouterArgs),
 }
 
 /// Output format of a report.
@@ -228,6 +234,42 @@ pub struct BenchProxyArgs {
     pub output: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub struct BenchRegistryArgs {
+    /// Short phases and 10,000 instances at scale; the whole run stays under 60 s.
+    #[arg(long)]
+    pub quick: bool,
+    /// The skiff binary whose `registry` subcommand is measured (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub skiff: Option<PathBuf>,
+    /// Do not apt-get install missing dnsperf/knot.
+    #[arg(long)]
+    pub no_install: bool,
+    #[arg(long, value_enum, default_value_t = Format::Markdown)]
+    pub format: Format,
+    /// Write the report here instead of stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchLogrouterArgs {
+    /// Short phases; the whole run stays under 40 s.
+    #[arg(long)]
+    pub quick: bool,
+    /// The skiff binary whose `logrouter` subcommand is measured (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub skiff: Option<PathBuf>,
+    /// A Fluent Bit binary to run the same configurations against.
+    #[arg(long, value_name = "PATH")]
+    pub peer_fluent_bit: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Markdown)]
+    pub format: Format,
+    /// Write the report here instead of stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
 /// Runs `skiff loadtest …` and prints (or writes) its report.
 pub async fn loadtest_main(args: LoadtestArgs) -> Result<(), LoadtestError> {
     match args.command {
@@ -250,6 +292,26 @@ pub async fn loadtest_main(args: LoadtestArgs) -> Result<(), LoadtestError> {
                 Format::Json => report.to_json()?,
             };
             emit(&text, output.as_deref())
+        }
+        LoadtestCommand::Bench(BenchArgs {
+            command: BenchCommand::Registry(args),
+        }) => {
+            let report = bench::registry::bench_registry(args.into_options()).await?;
+            let text = match args.format {
+                Format::Markdown => report.to_markdown(),
+                Format::Json => report.to_json()?,
+            };
+            emit(&text, args.output.as_deref())
+        }
+        LoadtestCommand::Bench(BenchArgs {
+            command: BenchCommand::Logrouter(args),
+        }) => {
+            let report = bench::logrouter::bench_logrouter(args.into_options()).await?;
+            let text = match args.format {
+                Format::Markdown => report.to_markdown(),
+                Format::Json => report.to_json()?,
+            };
+            emit(&text, args.output.as_deref())
         }
     }
 }
@@ -346,6 +408,36 @@ impl BenchProxyArgs {
         }
         opts.registry_url = self.registry;
         opts.install_missing = !self.no_install;
+        opts
+    }
+}
+
+// === impl BenchRegistryArgs ===
+
+impl BenchRegistryArgs {
+    pub fn into_options(&self) -> bench::registry::RegistryBenchOptions {
+        let skiff = bench::harness::skiff_exe(self.skiff.as_deref());
+        let mut opts = if self.quick {
+            bench::registry::RegistryBenchOptions::quick(skiff)
+        } else {
+            bench::registry::RegistryBenchOptions::standard(skiff)
+        };
+        opts.install_missing = !self.no_install;
+        opts
+    }
+}
+
+// === impl BenchLogrouterArgs ===
+
+impl BenchLogrouterArgs {
+    pub fn into_options(&self) -> bench::logrouter::LogrouterBenchOptions {
+        let skiff = bench::harness::skiff_exe(self.skiff.as_deref());
+        let mut opts = if self.quick {
+            bench::logrouter::LogrouterBenchOptions::quick(skiff)
+        } else {
+            bench::logrouter::LogrouterBenchOptions::standard(skiff)
+        };
+        opts.peer_fluent_bit.clone_from(&self.peer_fluent_bit);
         opts
     }
 }
@@ -519,6 +611,60 @@ mod tests {
             vec!["{exe}", "proxy", "--x", "{listen_port}"]
         );
         assert!(!opts.install_missing);
+    }
+
+    #[test]
+    fn registry_and_logrouter_bench_flags_become_options() {
+        let Top::Loadtest(LoadtestArgs {
+            command:
+                LoadtestCommand::Bench(BenchArgs {
+                    command: BenchCommand::Registry(registry),
+                }),
+        }) = parse(&[
+            "loadtest",
+            "bench",
+            "registry",
+            "--quick",
+            "--skiff",
+            "/opt/skiff",
+            "--no-install",
+            "--format",
+            "json",
+        ])
+        .unwrap()
+        else {
+            panic!("not bench registry");
+        };
+        assert_eq!(registry.format, Format::Json);
+        let opts = registry.into_options();
+        assert_eq!(opts.skiff, PathBuf::from("/opt/skiff"));
+        assert_eq!(opts.scale_instances, 10_000);
+        assert_eq!(opts.budget, Duration::from_secs(60));
+        assert!(!opts.install_missing);
+        let Top::Loadtest(LoadtestArgs {
+            command:
+                LoadtestCommand::Bench(BenchArgs {
+                    command: BenchCommand::Logrouter(logrouter),
+                }),
+        }) = parse(&[
+            "loadtest",
+            "bench",
+            "logrouter",
+            "--peer-fluent-bit",
+            "/usr/bin/fluent-bit",
+        ])
+        .unwrap()
+        else {
+            panic!("not bench logrouter");
+        };
+        let opts = logrouter.into_options();
+        assert_eq!(
+            opts.peer_fluent_bit,
+            Some(PathBuf::from("/usr/bin/fluent-bit"))
+        );
+        assert_eq!(opts.budget, Duration::from_secs(120));
+        assert_eq!(opts.batch, 1000);
+        assert!(opts.skiff.is_absolute(), "defaults to this executable");
     }
 
     #[test]

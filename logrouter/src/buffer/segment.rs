@@ -1,0 +1,140 @@
+//! On-disk segment format: a sequence of CRC32-checked batch frames, and the scan that finds a torn or corrupt tail.
+//!
+//! Frame: `len: u32 LE | crc32(payload): u32 LE | payload`, payload:
+//! `tag_len: u16 LE | tag | count: u32 LE | entries` where entries are packed `[time, record]`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Bytes of frame header.
+pub const HEADER: usize = 8;
+/// Largest frame accepted when reading (guards against a corrupt length).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// A batch as stored and read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub tag: String,
+    pub count: u32,
+    pub entries: Vec<u8>,
+}
+
+/// Encodes one frame.
+pub fn encode(tag: &str, count: u32, entries: &[u8]) -> Vec<u8> {
+    let tag = &tag.as_bytes()[..tag.len().min(usize::from(u16::MAX))];
+    let payload_len = 2 + tag.len() + 4 + entries.len();
+    let mut out = Vec::with_capacity(HEADER + payload_len);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+    out.extend_from_slice(tag);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(entries);
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Result of decoding the frame at the start of `buf`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Frame(Batch, usize),
+    /// Not enough bytes (a torn tail if the segment is complete).
+    Short,
+    /// Checksum or structure mismatch.
+    Corrupt,
+}
+
+pub fn decode(buf: &[u8]) -> Decoded {
+    if buf.len() < HEADER {
+        return Decoded::Short;
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if !(6..=MAX_FRAME).contains(&len) {
+        return Decoded::Corrupt;
+    }
+    let Some(payload) = buf.get(HEADER..HEADER + len) else {
+        return Decoded::Short;
+    };
+    if crc32fast::hash(payload) != crc {
+        return Decoded::Corrupt;
+    }
+    let tag_len = usize::from(u16::from_le_bytes([payload[0], payload[1]]));
+    let Some(tag) = payload.get(2..2 + tag_len) else {
+        return Decoded::Corrupt;
+    };
+    let Some(count) = payload.get(2 + tag_len..6 + tag_len) else {
+        return Decoded::Corrupt;
+    };
+    let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
+    let batch = Batch {
+        tag: String::from_utf8_lossy(tag).into_owned(),
+        count,
+        entries: payload[6 + tag_len..].to_vec(),
+    };
+    Decoded::Frame(batch, HEADER + len)
+}
+
+/// Segment file name for an id.
+pub fn path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+/// Ids of the segments in `dir`, ascending.
+pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name.strip_suffix(".seg").and_then(|s| s.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Length of the valid prefix of a segment, and its frame and record counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    pub valid_len: u64,
+    pub file_len: u64,
+    pub frames: u64,
+    pub records: u64,
+}
+
+/// Reads a whole segment frame by frame (bounded memory: one frame at a time).
+pub fn scan(path: &Path) -> io::Result<Scan> {
+    let mut f = File::open(path)?;
+    let file_len = f.metadata()?.len();
+    let mut s = Scan {
+        file_len,
+        ..Scan::default()
+    };
+    let mut header = [0u8; HEADER];
+    loop {
+        if s.valid_len + HEADER as u64 > file_len {
+            break;
+        }
+        f.seek(SeekFrom::Start(s.valid_len))?;
+        f.read_exact(&mut header)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if !(6..=MAX_FRAME).contains(&len) || s.valid_len + (HEADER + len) as u64 > file_len {
+            break;
+        }
+        let mut frame = vec![0u8; HEADER + len];
+        frame[..HEADER].copy_from_slice(&header);
+        f.read_exact(&mut frame[HEADER..])?;
+        match decode(&frame) {
+            Decoded::Frame(b, used) => {
+                s.valid_len += used as u64;
+                s.frames += 1;
+                s.records += u64::from(b.count);
+            }
+            Decoded::Short | Decoded::Corrupt => break,
+        }
+    }
+    Ok(s)
+}

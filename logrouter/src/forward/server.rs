@@ -1,0 +1,276 @@
+//! Forward input connections over TCP and unix sockets: read frames, buffer them, ack `chunk`s once durable.
+//!
+//! A connection handles one frame at a time and reads the next only when the previous one is in
+//! the buffer: when the buffer is full nothing more is read from that client and nothing is
+//! acknowledged, so the client's own flow control (TCP windows, ack timeouts) holds it back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::decode::{self, DecodeError, Frame, Limits};
+use super::handshake::Handshake;
+use crate::input::InputCtx;
+use crate::msgpack;
+
+/// Settings of one forward input.
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    pub limits: Limits,
+    pub shared_key: Option<String>,
+    pub self_hostname: String,
+    pub tag_override: Option<String>,
+    pub tag_prefix: Option<String>,
+}
+
+/// Accepts TCP clients until `shutdown` turns true.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    settings: Arc<ForwardSettings>,
+    ctx: Arc<InputCtx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let for_conns = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_conn(stream, peer.to_string(), settings.clone(), ctx.clone(), for_conns.clone());
+                }
+                Err(e) => {
+                    warn!(input = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::signalled(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Accepts unix socket clients until `shutdown` turns true; removes the socket file on exit.
+pub async fn serve_unix(
+    listener: UnixListener,
+    path: PathBuf,
+    settings: Arc<ForwardSettings>,
+    ctx: Arc<InputCtx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let for_conns = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    spawn_conn(stream, path.display().to_string(), settings.clone(), ctx.clone(), for_conns.clone());
+                }
+                Err(e) => {
+                    warn!(input = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::signalled(&mut shutdown) => break,
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn spawn_conn<S>(
+    stream: S,
+    peer: String,
+    settings: Arc<ForwardSettings>,
+    ctx: Arc<InputCtx>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let gauge = ctx
+            .metrics
+            .input_connections
+            .with_label_values(&[ctx.name.as_str()]);
+        gauge.inc();
+        debug!(input = %ctx.name, %peer, "forward client connected");
+        if let Err(reason) = connection(stream, &settings, &ctx, shutdown).await {
+            ctx.metrics
+                .input_rejected
+                .with_label_values(&[ctx.name.as_str(), reason.label()])
+                .inc();
+            warn!(input = %ctx.name, %peer, error = %reason, "forward connection rejected");
+        }
+        gauge.dec();
+    });
+}
+
+/// Why a connection was closed by the router.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("handshake failed: {0}")]
+    Auth(&'static str),
+    #[error("i/o error")]
+    Io(#[from] std::io::Error),
+    #[error("records could not be buffered")]
+    Buffer(#[from] crate::buffer::BufferError),
+}
+
+impl ConnError {
+    fn label(&self) -> &'static str {
+        match self {
+            ConnError::Decode(d) => d.reason(),
+            ConnError::Truncated => "truncated",
+            ConnError::Auth(_) => "auth",
+            ConnError::Io(_) => "io",
+            ConnError::Buffer(_) => "buffer",
+        }
+    }
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Largest batch made of several chunk-less frames.
+const COALESCE_BYTES: usize = 1024 * 1024;
+
+async fn flush(
+    ctx: &InputCtx,
+    pending: &mut Option<(String, Vec<u8>, u32)>,
+) -> Result<(), ConnError> {
+    if let Some((tag, entries, count)) = pending.take() {
+        ctx.ingest(&tag, entries, count, &[], false).await?;
+    }
+    Ok(())
+}
+
+async fn connection<S>(
+    mut s: S,
+    settings: &ForwardSettings,
+    ctx: &InputCtx,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut authenticated = settings.shared_key.is_none();
+    // bytes the frame at the head of `buf` needs at least before decoding is worth trying
+    let mut need = 0usize;
+    let handshake = settings
+        .shared_key
+        .as_deref()
+        .map(|k| Handshake::new(k, &settings.self_hostname));
+    if let Some(h) = &handshake {
+        s.write_all(&h.helo()).await?;
+    }
+    loop {
+        // frames without `chunk` that share a tag are buffered as one batch: one append, not one per message
+        let mut pending: Option<(String, Vec<u8>, u32)> = None;
+        loop {
+            if buf.len() < need {
+                break;
+            }
+            let (frame, used) = match decode::decode_frame(&buf, &settings.limits) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    // a big PackedForward frame arrives in many reads: don't rescan it for each
+                    need = decode::min_frame_len(&buf).unwrap_or(0).max(buf.len() + 1);
+                    if need > settings.limits.max_frame + READ_CHUNK {
+                        // the header announces more than a frame may hold: refuse now, not after reading it
+                        flush(ctx, &mut pending).await?;
+                        return Err(DecodeError::TooLarge(settings.limits.max_frame).into());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    flush(ctx, &mut pending).await?;
+                    return Err(e.into());
+                }
+            };
+            buf.advance(used);
+            need = 0;
+            match frame {
+                Frame::Ping(ping) => {
+                    let Some(h) = &handshake else {
+                        return Err(ConnError::Auth("unexpected PING"));
+                    };
+                    match h.answer(&ping) {
+                        Ok(pong) => {
+                            s.write_all(&pong).await?;
+                            authenticated = true;
+                        }
+                        Err(pong) => {
+                            s.write_all(&pong).await?;
+                            return Err(ConnError::Auth("shared key mismatch"));
+                        }
+                    }
+                }
+                Frame::Events(ev) => {
+                    if !authenticated {
+                        return Err(ConnError::Auth("events before PING"));
+                    }
+                    if ev.rejected > 0 {
+                        ctx.metrics
+                            .input_rejected
+                            .with_label_values(&[ctx.name.as_str(), "record"])
+                            .inc_by(u64::from(ev.rejected));
+                        warn!(input = %ctx.name, records = ev.rejected, "records refused (oversized or not [time, map])");
+                    }
+                    let tag = match (&settings.tag_override, &settings.tag_prefix) {
+                        (Some(t), _) => t.clone(),
+                        (None, Some(p)) => format!("{p}{}", ev.tag),
+                        (None, None) => ev.tag,
+                    };
+                    let Some(chunk) = ev.chunk else {
+                        match pending.as_mut() {
+                            Some((t, entries, count))
+                                if *t == tag
+                                    && entries.len() + ev.entries.len() <= COALESCE_BYTES =>
+                            {
+                                entries.extend_from_slice(&ev.entries);
+                                *count += ev.count;
+                            }
+                            _ => {
+                                flush(ctx, &mut pending).await?;
+                                pending = Some((tag, ev.entries, ev.count));
+                            }
+                        }
+                        continue;
+                    };
+                    flush(ctx, &mut pending).await?;
+                    ctx.ingest(&tag, ev.entries, ev.count, &[], true).await?;
+                    let mut ack = Vec::with_capacity(chunk.len() + 8);
+                    msgpack::write_map_len(&mut ack, 1);
+                    msgpack::write_str(&mut ack, "ack");
+                    msgpack::write_str(&mut ack, &chunk);
+                    s.write_all(&ack).await?;
+                }
+            }
+        }
+        flush(ctx, &mut pending).await?;
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            // give back what one big frame needed
+            buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        let want = need
+            .saturating_sub(buf.len())
+            .max(buf.len())
+            .clamp(READ_CHUNK, settings.limits.max_frame.max(READ_CHUNK));
+        buf.reserve(want);
+        tokio::select! {
+            n = s.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return if buf.is_empty() { Ok(()) } else { Err(ConnError::Truncated) };
+                }
+            }
+            _ = crate::signalled(&mut shutdown) => {
+                info!(input = %ctx.name, "closing forward connection for shutdown");
+                return Ok(());
+            }
+        }
+    }
+}
