@@ -310,7 +310,8 @@ struct LogrouterArgs {
 }
 
 async fn logrouter(args: LogrouterArgs) -> Result<(), (u8, String)> {
-    let config = skiff_logrouter::LogRouterConfig::load(&args.config).map_err(|e| (2, e.to_string()))?;
+    let config =
+        skiff_logrouter::LogRouterConfig::load(&args.config).map_err(|e| (2, e.to_string()))?;
     let metadata = skiff_logrouter::EcsMetadata {
         cluster: args.ecs_cluster,
         task_arn: args.ecs_task_arn,

@@ -5,6 +5,7 @@
 //! pull or run images; `image` is recorded and shown. Tasks share the host network and each gets
 //! its own loopback address (`127.1.<service>.<slot>`), which its app binds (`SKIFF_APP_HOST`).
 
+mod firelens;
 mod health;
 mod netns;
 mod plan;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, watch};
 
+pub use firelens::FirelensPlan;
 pub use health::Health;
 pub use netns::DEFAULT_TASK_CIDR;
 pub use plan::{

@@ -25,6 +25,8 @@ pub struct ServicePlan {
     pub containers: Vec<ContainerPlan>,
     /// Port mappings with a `hostPort`, published on 127.0.0.1 through the sidecar ingress.
     pub published: Vec<PublishedPort>,
+    /// The task's FireLens log router, when a container has `firelensConfiguration`.
+    pub firelens: Option<crate::firelens::FirelensPlan>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -45,8 +47,11 @@ pub struct ContainerPlan {
     pub health_check: Option<HealthCheckPlan>,
     pub depends_on: Vec<Dependency>,
     pub stop_timeout: Duration,
-    /// Logs go through the task's log router (`awsfirelens`) rather than the runner's output.
-    pub firelens: bool,
+    /// `awsfirelens` log options: stdout/stderr go to the task's log router, which gets an
+    /// `[OUTPUT]` from these options (`Name` and the plugin's own keys).
+    pub firelens_options: Option<BTreeMap<String, String>>,
+    /// This is the task's FireLens log router: Skiff's log router stands in for it.
+    pub log_router: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +139,8 @@ mod tests {
                 })
                 .collect(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
-            firelens: false,
+            firelens_options: None,
+            log_router: false,
         }
     }
 

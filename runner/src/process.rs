@@ -31,14 +31,28 @@ pub struct LogLine {
 /// Longest line we pass on; longer ones are cut (and marked) rather than buffered without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
+/// Where a process's stdout and stderr go.
+pub enum Sink {
+    /// Printed by the runner, prefixed (like `docker compose`).
+    Print {
+        prefix: std::sync::Arc<str>,
+        logs: mpsc::Sender<LogLine>,
+    },
+    /// Into the task's log router as records tagged `tag` (FireLens's `awsfirelens` driver).
+    Route {
+        router: skiff_logrouter::LogRouterHandle,
+        tag: String,
+        container: String,
+    },
+}
+
 /// Spawns `argv` with `env`, in its own process group (so a terminal's Ctrl-C reaches only the
-/// runner, which then stops tasks in order), piping stdout and stderr line by line into `logs`.
+/// runner, which then stops tasks in order), sending stdout and stderr line by line to `sink`.
 pub fn spawn(
     argv: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
-    prefix: std::sync::Arc<str>,
-    logs: mpsc::Sender<LogLine>,
+    sink: Sink,
 ) -> Result<Child, RunnerError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(RunnerError::EmptyCommand);
@@ -58,11 +72,35 @@ pub fn spawn(
         program: program.clone(),
         source,
     })?;
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, Stream::Stdout, prefix.clone(), logs.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, Stream::Stderr, prefix, logs));
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    match sink {
+        Sink::Print { prefix, logs } => {
+            if let Some(out) = out {
+                tokio::spawn(pump(out, Stream::Stdout, prefix.clone(), logs.clone()));
+            }
+            if let Some(err) = err {
+                tokio::spawn(pump(err, Stream::Stderr, prefix, logs));
+            }
+        }
+        Sink::Route {
+            router,
+            tag,
+            container,
+        } => {
+            use skiff_logrouter::{LineOptions, Source};
+            let opts = || LineOptions {
+                container_name: Some(container.clone()),
+                ..LineOptions::default()
+            };
+            if let Some(out) = out {
+                let sink = router.line_input(&tag, Source::Stdout, opts());
+                tokio::spawn(sink.feed(out));
+            }
+            if let Some(err) = err {
+                let sink = router.line_input(&tag, Source::Stderr, opts());
+                tokio::spawn(sink.feed(err));
+            }
+        }
     }
     Ok(child)
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use skiff_config::task::{DependencyCondition, HealthCheckCommand, LogDriver};
 use skiff_config::{Definition, Diagnostics, Stack};
 
+use crate::firelens::FirelensPlan;
 use crate::plan::{
     Condition, ContainerPlan, Dependency, HealthCheckPlan, HealthCommand, PublishedPort,
     ServicePlan,
@@ -99,10 +100,12 @@ fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
                     })
                     .collect(),
                 stop_timeout: c.stop_timeout,
-                firelens: c
+                firelens_options: c
                     .log_configuration
                     .as_ref()
-                    .is_some_and(|l| l.log_driver == LogDriver::Awsfirelens),
+                    .filter(|l| l.log_driver == LogDriver::Awsfirelens)
+                    .map(|l| l.options.clone()),
+                log_router: c.firelens_configuration.is_some(),
             })
             .collect();
         let published = task
@@ -148,6 +151,12 @@ fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
             maximum_percent: service.deployment_configuration.maximum_percent,
             containers,
             published,
+            firelens: task.log_router().and_then(|c| {
+                c.firelens_configuration.as_ref().map(|f| FirelensPlan {
+                    router_container: c.name.clone(),
+                    options: f.options.clone(),
+                })
+            }),
         });
     }
     plans

@@ -13,10 +13,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep};
 
 use crate::RunnerError;
+use crate::firelens;
 use crate::health::{self, Health};
 use crate::netns::{self, Network, TaskNetns};
 use crate::plan::{Condition, ContainerPlan, ServicePlan};
 use crate::process::{self, LogLine};
+use skiff_logrouter::LogRouterHandle;
 
 /// How long a sidecar may take to bind its listeners and write its ready file.
 pub const SIDECAR_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -268,8 +270,64 @@ async fn run(
     };
     let mut running: Vec<Running> = Vec::new();
     let mut failure: Option<String> = None;
+
+    // FireLens: the task's log router stands in for the container with firelensConfiguration.
+    let mut log_router: Option<(
+        LogRouterHandle,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )> = None;
+    if let Some(fl) = &service.firelens {
+        let outputs: Vec<(String, BTreeMap<String, String>)> = service
+            .containers
+            .iter()
+            .filter_map(|c| c.firelens_options.clone().map(|o| (c.name.clone(), o)))
+            .collect();
+        let metadata = skiff_logrouter::EcsMetadata {
+            cluster: Some(service.cluster.clone()),
+            task_arn: Some(info.borrow().arn.clone()),
+            task_definition: Some(format!("{}:{}", service.family, service.revision)),
+            ..skiff_logrouter::EcsMetadata::default()
+        };
+        match firelens::start(fl, &outputs, &id, ip, &task_dir, metadata).await {
+            Ok(router) => {
+                let handle = router.handle();
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let join = tokio::spawn(async move {
+                    if let Err(e) = router
+                        .run(async {
+                            let _ = rx.await;
+                        })
+                        .await
+                    {
+                        tracing::warn!(error = %e, "log router stopped with an error");
+                    }
+                });
+                info.send_modify(|i| {
+                    i.containers.push(ContainerInfo {
+                        name: fl.router_container.clone(),
+                        image: "skiff logrouter (FireLens)".into(),
+                        pid: None,
+                    })
+                });
+                log_router = Some((handle, tx, join));
+            }
+            Err(e) => {
+                failure = Some(format!(
+                    "ResourceInitializationError: FireLens log router: {e}"
+                ))
+            }
+        }
+    }
+
     for idx in ContainerPlan::start_order(&service.containers) {
+        if failure.is_some() {
+            break;
+        }
         let plan = service.containers[idx].clone();
+        if plan.log_router && log_router.is_some() {
+            continue; // Skiff's log router runs in its place (above).
+        }
         if let Err(reason) = wait_dependencies(&plan, &mut running).await {
             failure = Some(reason);
             break;
@@ -282,8 +340,18 @@ async fn run(
         let mut cenv = env.clone();
         cenv.extend(plan.environment.clone());
         cenv.insert("ECS_CONTAINER_NAME".into(), plan.name.clone());
-        let prefix: Arc<str> = format!("{}/{short} {}", service.name, plan.name).into();
-        let child = match process::spawn(&argv, &cenv, None, prefix, ctx.logs.clone()) {
+        let sink = match (&plan.firelens_options, &log_router) {
+            (Some(_), Some((router, _, _))) => process::Sink::Route {
+                router: router.clone(),
+                tag: firelens::tag(&plan.name, &id),
+                container: plan.name.clone(),
+            },
+            _ => process::Sink::Print {
+                prefix: format!("{}/{short} {}", service.name, plan.name).into(),
+                logs: ctx.logs.clone(),
+            },
+        };
+        let child = match process::spawn(&argv, &cenv, None, sink) {
             Ok(c) => c,
             Err(e) => {
                 failure = Some(format!(
@@ -349,6 +417,11 @@ async fn run(
             r.exit = process::stop(&mut r.child, r.plan.stop_timeout).await;
         }
     }
+    // The log router goes last, so it carries every line the containers wrote.
+    if let Some((_, stop, join)) = log_router.take() {
+        let _ = stop.send(());
+        let _ = join.await;
+    }
     if let (Some(net), Some(ns)) = (&ctx.network, &task_netns) {
         net.remove_task(ns).await;
     }
@@ -403,7 +476,11 @@ async fn start_sidecar(
         ]);
     }
     let prefix: Arc<str> = format!("{}/{} ~sidecar", service.name, &task_id[..8]).into();
-    let mut child = process::spawn(&argv, &BTreeMap::new(), None, prefix, ctx.logs.clone())?;
+    let sink = process::Sink::Print {
+        prefix,
+        logs: ctx.logs.clone(),
+    };
+    let mut child = process::spawn(&argv, &BTreeMap::new(), None, sink)?;
     let deadline = Instant::now() + SIDECAR_START_TIMEOUT;
     loop {
         if let Ok(bytes) = tokio::fs::read(&ready_file).await

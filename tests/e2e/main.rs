@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::disallowed_types)]
 
 mod cli;
+mod firelens;
 mod harness;
 mod quickstart;
 mod runner;
