@@ -40,7 +40,7 @@ pub enum Sink {
     },
     /// Into the task's log router as records tagged `tag` (FireLens's `awsfirelens` driver).
     Route {
-        router: skiff_logrouter::LogRouterHandle,
+        router: Box<skiff_logrouter::LogRouterHandle>,
         tag: String,
         container: String,
     },

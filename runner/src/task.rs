@@ -342,7 +342,7 @@ async fn run(
         cenv.insert("ECS_CONTAINER_NAME".into(), plan.name.clone());
         let sink = match (&plan.firelens_options, &log_router) {
             (Some(_), Some((router, _, _))) => process::Sink::Route {
-                router: router.clone(),
+                router: Box::new(router.clone()),
                 tag: firelens::tag(&plan.name, &id),
                 container: plan.name.clone(),
             },
