@@ -150,6 +150,8 @@ pub async fn up(
             source,
         })?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The embedded registry stops last, so every sidecar can deregister while draining.
+    let (registry_stop_tx, registry_stop_rx) = watch::channel(false);
 
     // The registry: embedded (like Cloud Map, it is simply there) or the user's.
     let (registry_url, registry_task) = match opts.registry.clone() {
@@ -161,7 +163,7 @@ pub async fn up(
                 "registry: Cloud Map API {url}  DNS {} (udp+tcp)",
                 registry.dns_addr()
             );
-            let mut stop = stop_rx.clone();
+            let mut stop = registry_stop_rx.clone();
             let task = tokio::spawn(async move {
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -284,6 +286,7 @@ pub async fn up(
     if let Some(net) = network {
         net.destroy().await;
     }
+    let _ = registry_stop_tx.send(true);
     if let Some(r) = registry_task {
         let _ = r.await;
     }

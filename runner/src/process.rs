@@ -68,6 +68,7 @@ pub fn spawn(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    die_with_runner(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| RunnerError::Spawn {
         program: program.clone(),
         source,
@@ -139,6 +140,20 @@ async fn pump(
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Makes the child get SIGKILL if the runner dies (even by SIGKILL), so a crashed runner never
+/// leaves task processes behind: they run in their own process groups, out of reach of the
+/// terminal's signals.
+#[allow(unsafe_code)]
+fn die_with_runner(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
 
 /// Sends `signal` to one process we started. Errors (it already exited) are ignored.
 pub fn signal(pid: u32, signal: Signal) {

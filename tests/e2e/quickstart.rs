@@ -54,6 +54,12 @@ impl Up {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// SIGKILL: what a crash of the runner looks like.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Ctrl-C, then wait for a clean exit.
     fn interrupt(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

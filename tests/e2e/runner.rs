@@ -254,3 +254,46 @@ fn serial_rolling_update_under_load_has_no_failures() {
     );
     assert!(up.ps().contains("has started a deployment"), "{}", up.ps());
 }
+
+/// `kill -9` of `skiff up` itself leaves no task process behind (they die with the runner).
+#[test]
+fn serial_killed_runner_leaves_no_task_process() {
+    let mut up = Up::start("host");
+    eventually(
+        "the frontend to answer through the mesh",
+        Duration::from_secs(90),
+        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
+    );
+    let s = eventually(
+        "every task with its processes",
+        Duration::from_secs(30),
+        || {
+            let s = state(&up);
+            (running_ids(&s, "orders").len() == 3).then_some(s)
+        },
+    );
+    let mut pids = Vec::new();
+    for svc in ["frontend", "orders", "payments"] {
+        for t in tasks_of(&s, svc) {
+            pids.extend(t["sidecar_pid"].as_u64());
+            pids.extend(
+                t["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["pid"].as_u64()),
+            );
+        }
+    }
+    assert!(pids.len() >= 10, "{pids:?}");
+    up.kill9();
+    eventually(
+        "every task process to be gone",
+        Duration::from_secs(10),
+        || {
+            pids.iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                .then_some(())
+        },
+    );
+}

@@ -37,7 +37,7 @@ fn quickstart_is_valid() {
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
-    assert_eq!(files.len(), 4);
+    assert_eq!(files.len(), 6);
     let out = validate(&files);
     assert!(out.status.success(), "{}", stderr(&out));
 }

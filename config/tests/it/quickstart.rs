@@ -13,7 +13,7 @@ fn quickstart_is_frontend_calling_orders_in_prod_internal() {
 
     assert_eq!(
         stack.task_definitions.keys().collect::<Vec<_>>(),
-        ["frontend", "orders"]
+        ["frontend", "orders", "payments"]
     );
     let mut services: Vec<_> = stack
         .services
@@ -21,9 +21,35 @@ fn quickstart_is_frontend_calling_orders_in_prod_internal() {
         .map(|s| (s.service_name.as_str(), s.desired_count))
         .collect();
     services.sort();
-    assert_eq!(services, [("frontend", 2), ("orders", 3)]);
+    assert_eq!(services, [("frontend", 2), ("orders", 3), ("payments", 2)]);
 
-    for service in &stack.services {
+    // payments is the gRPC service: its port says so, and its per-request timeout applies.
+    let payments = stack
+        .services
+        .iter()
+        .find(|s| s.service_name == "payments")
+        .expect("payments");
+    let entry = &payments
+        .service_connect
+        .as_ref()
+        .expect("service connect")
+        .services[0];
+    assert_eq!(entry.port_name.as_str(), "grpc");
+    let (_, port) = stack
+        .task_definition(payments)
+        .and_then(|td| td.port_mapping("grpc"))
+        .expect("grpc port mapping");
+    assert_eq!(port.app_protocol, Some(AppProtocol::Grpc));
+    assert_eq!(
+        entry.per_request_timeout(Duration::from_secs(15)),
+        Some(Duration::from_secs(5))
+    );
+
+    for service in stack
+        .services
+        .iter()
+        .filter(|s| s.service_name != "payments")
+    {
         assert_eq!(service.cluster, "quickstart");
         let sc = service
             .service_connect
