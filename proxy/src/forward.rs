@@ -1,0 +1,680 @@
+//! The life of one proxied HTTP request: route → pick → connect → send with timeout →
+//! classify → retry? → record, as one linear async function.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::access::{ForwardInfo, TraceContext};
+use crate::concrete::Concrete;
+use crate::config::{AccessLog, ProxyConfig};
+use crate::error::{ProxyError, Retryable};
+use crate::logical::{Table, split_authority};
+use crate::retry::{RetryReason, backoff, is_idempotent};
+use crate::{Body, BoxError};
+
+/// How a listener finds the target of a request.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// The HTTP proxy listener: by absolute URI or Host, through the routing table.
+    ByHost(watch::Receiver<Arc<Table>>),
+    /// An alias listener: always this discovery name.
+    Service(watch::Receiver<Arc<Table>>, Arc<str>),
+    /// An inbound listener: the local app.
+    Fixed(Arc<Concrete>),
+}
+
+/// Upstream clients and settings shared by every HTTP listener.
+pub(crate) struct Forwarder {
+    pub(crate) config: Arc<ProxyConfig>,
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+}
+
+/// A request body that can be sent more than once (or not).
+enum ReplayBody {
+    Empty,
+    Full(Bytes),
+    Stream(Option<Incoming>),
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Response {
+        resp: Response<Incoming>,
+        retry: Option<RetryReason>,
+        success: bool,
+    },
+    Failed {
+        err: ProxyError,
+        retry: Option<RetryReason>,
+    },
+}
+
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+// === impl Forwarder ===
+
+impl Forwarder {
+    pub(crate) fn new(config: Arc<ProxyConfig>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.default_policy.timeouts.connect));
+        connector.set_nodelay(true);
+        let build = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(config.limits.pool_idle_timeout)
+                .pool_max_idle_per_host(config.limits.pool_max_idle_per_endpoint)
+                .retry_canceled_requests(true)
+                .set_host(false)
+                .http2_only(h2)
+                .build(connector.clone())
+        };
+        let (h1, h2) = (build(false), build(true));
+        Forwarder { config, h1, h2 }
+    }
+
+    /// Proxies one request; every error comes back as a [`ProxyError`] for the one mapping.
+    pub(crate) async fn forward(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+        info: &mut ForwardInfo,
+    ) -> Result<Response<Body>, ProxyError> {
+        let start = Instant::now();
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::BadRequest {
+                reason: "CONNECT is not supported: send plain http:// requests (absolute-form) to the proxy".into(),
+            });
+        }
+        // route
+        let concrete = self.route(route, &req)?;
+        let target = &concrete.target;
+        let policy = &target.policy;
+        let _admission = target.admit(self.config.limits.max_pending_requests)?;
+        target.budget.deposit(start);
+        let mut timeout = policy.timeouts.per_request;
+        if let Some(g) = grpc_timeout(req.headers()) {
+            timeout = Some(timeout.map_or(g, |t| t.min(g)));
+        }
+        let deadline = timeout.map(|t| start + t);
+        let on_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        if self.config.access_log != AccessLog::Off {
+            info.target = Some(concrete.name().to_owned());
+        }
+        let (mut parts, body) = req.into_parts();
+        info.trace = Some(TraceContext::propagate(&mut parts.headers));
+        let idempotent = is_idempotent(&parts.method, &parts.headers);
+        let mut body = self
+            .replay_body(body, policy.retry.replay_buffer_bytes, deadline, &concrete)
+            .await?;
+        let grpc = concrete.protocol == crate::discovery::AppProtocol::Grpc
+            || is_grpc_request(&parts.headers);
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut grpc_trailers: Option<usize> = None;
+        let mut attempts: u32 = 0;
+        let result = loop {
+            attempts += 1;
+            // pick
+            let now = Instant::now();
+            let Some(idx) = concrete.pick(&tried, &self.config, now) else {
+                break Err(ProxyError::NoEndpoints {
+                    service: concrete.name().to_owned(),
+                });
+            };
+            let ep = &concrete.active[idx];
+            info.upstream = Some(ep.addr);
+            info.attempts = attempts;
+            let limit = self.config.limits.max_connections_per_endpoint;
+            if !concrete.protocol.is_h2() && ep.in_flight() >= limit {
+                // The balancer only falls back to a full endpoint when all of them are full.
+                break Err(ProxyError::ConnectionLimit {
+                    service: concrete.name().to_owned(),
+                    limit,
+                });
+            }
+            let upstream = build_request(
+                &parts,
+                body.take(),
+                ep.authority.clone(),
+                concrete.protocol.is_h2(),
+                on_upgrade.is_some(),
+            )?;
+            // connect + send with timeout
+            let try_timeout = match (policy.retry.per_try_timeout, deadline) {
+                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(now))),
+                (t, d) => t.or(d.map(|d| d.saturating_duration_since(now))),
+            };
+            let client = if concrete.protocol.is_h2() {
+                &self.h2
+            } else {
+                &self.h1
+            };
+            let guard = ep.begin();
+            let sent = client.request(upstream);
+            let res = match try_timeout {
+                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
+                None => Ok(sent.await),
+            };
+            drop(guard);
+            let rtt = now.elapsed();
+            // classify
+            let attempt = classify(res, &concrete, ep.addr, grpc);
+            let (outcome, sample) = match &attempt {
+                // A gRPC answer without a status in its headers has it in its trailers.
+                Attempt::Response { resp, success, .. }
+                    if grpc && !resp.headers().contains_key("grpc-status") && *success =>
+                {
+                    grpc_trailers = Some(idx);
+                    (None, Some(rtt))
+                }
+                Attempt::Response { success, .. } => (Some(*success), Some(rtt)),
+                Attempt::Failed {
+                    retry: Some(RetryReason::Timeout),
+                    ..
+                } => (Some(false), Some(rtt)),
+                Attempt::Failed { .. } => (Some(false), None),
+            };
+            concrete.record(idx, sample, outcome, &self.config, Instant::now());
+            // retry?
+            let reason = match &attempt {
+                Attempt::Response { retry, .. } | Attempt::Failed { retry, .. } => *retry,
+            };
+            let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+            let may_retry = reason.is_some_and(|r| !r.upstream_saw_request() || idempotent)
+                && attempts <= policy.retry.max_retries
+                && body.replayable()
+                && on_upgrade.is_none()
+                && !out_of_time;
+            if let Some(reason) = reason.filter(|_| may_retry) {
+                if target.budget.withdraw(Instant::now()) {
+                    target.metrics.record_retry(reason);
+                    tracing::debug!(target_service = %concrete.name(), endpoint = %ep.addr, reason = reason.label(), attempts, "retrying");
+                    tried.push(idx);
+                    let pause = backoff(
+                        attempts,
+                        policy.retry.backoff_base,
+                        policy.retry.backoff_cap,
+                        &mut rand::rng(),
+                    );
+                    let wake =
+                        deadline.map_or(Instant::now() + pause, |d| d.min(Instant::now() + pause));
+                    tokio::time::sleep_until(wake).await;
+                    continue;
+                }
+                target.metrics.budget_exhausted.inc();
+                tracing::debug!(target_service = %concrete.name(), attempts, "retry budget exhausted");
+            }
+            break match attempt {
+                Attempt::Response { resp, .. } => Ok(resp),
+                // The whole request ran out of time: name the request timeout, not the rest.
+                Attempt::Failed {
+                    err: ProxyError::Timeout { service, .. },
+                    ..
+                } if out_of_time && timeout.is_some() => Err(ProxyError::Timeout {
+                    service,
+                    timeout: timeout.unwrap_or_default(),
+                }),
+                Attempt::Failed { err, .. } => Err(err),
+            };
+        };
+        // record
+        let metrics = &target.metrics;
+        metrics.latency.observe(start.elapsed().as_secs_f64());
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                metrics.record_status(Some(e.status()));
+                if grpc {
+                    metrics.record_grpc(Some(&HeaderValue::from(e.grpc_status())));
+                }
+                return Err(e);
+            }
+        };
+        metrics.record_status(Some(resp.status()));
+        if grpc && grpc_trailers.is_none() && resp.headers().contains_key("grpc-status") {
+            // Trailers-only answer: the status is in the headers.
+            metrics.record_grpc(resp.headers().get("grpc-status"));
+        }
+        let mut resp =
+            if let (Some(down), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, resp.status()) {
+                splice_upgrade(down, &mut resp);
+                resp.map(|b| b.map_err(BoxError::from).boxed())
+            } else if let Some(idx) = grpc_trailers {
+                let config = self.config.clone();
+                let mut resp = resp.map(|inner| {
+                    GrpcStatusBody {
+                        inner,
+                        metrics: concrete.target.metrics.clone(),
+                        concrete: concrete.clone(),
+                        idx,
+                        config,
+                        done: false,
+                    }
+                    .map_err(BoxError::from)
+                    .boxed()
+                });
+                strip_hop_by_hop(resp.headers_mut());
+                resp
+            } else {
+                let mut resp = resp.map(|b| b.map_err(BoxError::from).boxed());
+                strip_hop_by_hop(resp.headers_mut());
+                resp
+            };
+        *resp.version_mut() = Version::default();
+        if self.config.debug_attempts_header {
+            resp.headers_mut()
+                .insert("x-skiff-attempts", HeaderValue::from(attempts));
+        }
+        Ok(resp)
+    }
+
+    /// route: the target of a request, by listener kind.
+    fn route(&self, route: &Route, req: &Request<Incoming>) -> Result<Arc<Concrete>, ProxyError> {
+        match route {
+            Route::Fixed(c) => Ok(c.clone()),
+            Route::Service(table, name) => {
+                let table = table.borrow().clone();
+                table
+                    .service(name)
+                    .cloned()
+                    .ok_or_else(|| ProxyError::NoEndpoints {
+                        service: name.to_string(),
+                    })
+            }
+            Route::ByHost(table) => {
+                let authority = request_authority(req).ok_or(ProxyError::MissingHost)?;
+                let (host, port) = split_authority(authority);
+                let table = table.borrow().clone();
+                let found = table.route(host, port).cloned();
+                found.ok_or_else(|| ProxyError::UnknownHost {
+                    host: authority.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Keeps a small request body so that it can be replayed; streams anything else.
+    async fn replay_body(
+        &self,
+        body: Incoming,
+        limit: usize,
+        deadline: Option<Instant>,
+        concrete: &Concrete,
+    ) -> Result<ReplayBody, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(ReplayBody::Empty);
+        }
+        match body.size_hint().exact() {
+            Some(n) if n <= limit as u64 => {
+                let collect = Limited::new(body, limit).collect();
+                let collected = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, collect).await.map_err(|_| {
+                        ProxyError::Timeout {
+                            service: concrete.name().to_owned(),
+                            timeout: d.saturating_duration_since(Instant::now()),
+                        }
+                    })?,
+                    None => collect.await,
+                };
+                let bytes = collected.map_err(ProxyError::DownstreamBody)?.to_bytes();
+                Ok(ReplayBody::Full(bytes))
+            }
+            _ => Ok(ReplayBody::Stream(Some(body))),
+        }
+    }
+}
+
+/// Passes a gRPC response through and records its `grpc-status` trailer for outlier
+/// detection and metrics (a non-zero or missing status is a failure).
+struct GrpcStatusBody {
+    inner: Incoming,
+    metrics: Arc<crate::metrics::TargetMetrics>,
+    concrete: Arc<Concrete>,
+    idx: usize,
+    config: Arc<ProxyConfig>,
+    done: bool,
+}
+
+impl hyper::body::Body for GrpcStatusBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let res = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        if !this.done {
+            let status = match &res {
+                Some(Ok(frame)) => frame.trailers_ref().map(|t| t.get("grpc-status")),
+                Some(Err(_)) | None => Some(None),
+            };
+            if let Some(status) = status {
+                let ok = status.is_some_and(|v| v == "0");
+                this.metrics.record_grpc(status);
+                this.done = true;
+                this.concrete
+                    .record(this.idx, None, Some(ok), &this.config, Instant::now());
+            }
+        }
+        std::task::Poll::Ready(res)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl ReplayBody ===
+
+impl ReplayBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, ReplayBody::Stream(_))
+    }
+
+    /// The body for the next attempt.
+    fn take(&mut self) -> Body {
+        match self {
+            ReplayBody::Empty => Empty::new().map_err(|never| match never {}).boxed(),
+            ReplayBody::Full(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            ReplayBody::Stream(s) => match s.take() {
+                Some(b) => b.map_err(BoxError::from).boxed(),
+                None => Empty::new().map_err(|never| match never {}).boxed(),
+            },
+        }
+    }
+}
+
+/// The authority a request names: absolute-form URI first, then Host.
+fn request_authority(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn is_grpc_request(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// `grpc-timeout`: an integer of at most 8 digits and a unit (H M S m u n).
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// The upstream request for one attempt, sent to `authority`.
+fn build_request(
+    parts: &Parts,
+    body: Body,
+    authority: http::uri::Authority,
+    h2: bool,
+    upgrade: bool,
+) -> Result<Request<Body>, ProxyError> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest {
+            reason: e.to_string(),
+        })?;
+    let mut headers = parts.headers.clone();
+    if upgrade {
+        let up = headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut headers);
+        if let Some(up) = up {
+            headers.insert(header::UPGRADE, up);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    } else {
+        strip_hop_by_hop(&mut headers);
+    }
+    if !headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        headers.insert(header::HOST, v);
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// classify: turns the client's answer into an attempt outcome.
+fn classify(
+    res: Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Duration>,
+    concrete: &Concrete,
+    addr: std::net::SocketAddr,
+    grpc: bool,
+) -> Attempt {
+    let service = || concrete.name().to_owned();
+    match res {
+        Err(t) => Attempt::Failed {
+            err: ProxyError::Timeout {
+                service: service(),
+                timeout: t,
+            },
+            retry: Some(RetryReason::Timeout),
+        },
+        Ok(Err(e)) if e.is_connect() => {
+            let timed_out = source_chain(&e).any(|s| {
+                s.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            });
+            let err = if timed_out {
+                ProxyError::ConnectTimeout {
+                    service: service(),
+                    addr: addr.to_string(),
+                }
+            } else {
+                ProxyError::Connect {
+                    service: service(),
+                    addr: addr.to_string(),
+                    source: Box::new(e),
+                }
+            };
+            debug_assert_eq!(err.retryable(), Retryable::Always);
+            Attempt::Failed {
+                err,
+                retry: Some(RetryReason::Connect),
+            }
+        }
+        // The server refused the stream before processing it: like a connect failure.
+        Ok(Err(e)) if refused_stream(&e) => Attempt::Failed {
+            err: ProxyError::Connect {
+                service: service(),
+                addr: addr.to_string(),
+                source: Box::new(e),
+            },
+            retry: Some(RetryReason::Connect),
+        },
+        Ok(Err(e)) => Attempt::Failed {
+            err: ProxyError::Reset {
+                service: service(),
+                addr: addr.to_string(),
+                source: Box::new(e),
+            },
+            retry: Some(RetryReason::Reset),
+        },
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let grpc_status = if grpc {
+                resp.headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u32>().ok())
+            } else {
+                None
+            };
+            let retry = RetryReason::for_status(status)
+                .or_else(|| (grpc_status == Some(14)).then_some(RetryReason::GrpcUnavailable));
+            let success = !status.is_server_error() && grpc_status.is_none_or(|s| s == 0);
+            Attempt::Response {
+                resp,
+                retry,
+                success,
+            }
+        }
+    }
+}
+
+/// HTTP/2 REFUSED_STREAM anywhere in the error's sources.
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    source_chain(e).any(|s| {
+        s.downcast_ref::<h2::Error>()
+            .and_then(h2::Error::reason)
+            .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)
+    })
+}
+
+fn source_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// Joins the client's and the upstream's upgraded connections (WebSocket and friends).
+fn splice_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Incoming>) {
+    let up = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(down, up) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded connection ended");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_static("250m"));
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_millis(250)));
+        h.insert("grpc-timeout", HeaderValue::from_static("2S"));
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(2)));
+        h.insert("grpc-timeout", HeaderValue::from_static("123456789S"));
+        assert_eq!(grpc_timeout(&h), None);
+        h.insert("grpc-timeout", HeaderValue::from_static("5x"));
+        assert_eq!(grpc_timeout(&h), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-foo"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("x-keep") && h.contains_key(header::TE));
+    }
+}

@@ -1,0 +1,479 @@
+//! Listeners: accept loops with a connection limit, idle timeouts and drain phases.
+//!
+//! Every listener takes its bound socket and watches one [`Phase`]: while `Draining`,
+//! inbound HTTP/1.1 responses carry `Connection: close` so that clients move to other
+//! endpoints; at `Stopping`, the listener stops accepting and each connection shuts down
+//! gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the in-flight response), with a hard cap.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::Body;
+use crate::access::{self, AccessRecord, ForwardInfo};
+use crate::admin::Admin;
+use crate::config::{AccessLog, LimitsConfig};
+use crate::error::{Blame, error_response};
+use crate::forward::{Forwarder, Route};
+use crate::metrics::Metrics;
+
+/// Where the sidecar is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Serving,
+    /// Shutdown requested: still serving, telling clients to go elsewhere.
+    Draining,
+    /// Drain window over: stop accepting, finish in-flight work.
+    Stopping,
+}
+
+/// What a listener does with a request.
+pub(crate) enum Handler {
+    Proxy {
+        forwarder: Arc<Forwarder>,
+        route: Route,
+        inbound: bool,
+    },
+    Admin(Arc<Admin>),
+}
+
+/// Everything one HTTP listener needs.
+pub(crate) struct HttpListener {
+    pub(crate) name: &'static str,
+    pub(crate) handler: Handler,
+    pub(crate) phase: watch::Receiver<Phase>,
+    pub(crate) idle: Option<Duration>,
+    pub(crate) grace: Duration,
+    pub(crate) metrics: Metrics,
+    builder: auto::Builder<TokioExecutor>,
+    max_connections: usize,
+    bytes: ByteCounters,
+}
+
+/// Last activity and in-flight requests of one connection, for the idle timeout.
+pub(crate) struct Activity {
+    /// The connection carried an HTTP/2 request.
+    h2: AtomicBool,
+    base: Instant,
+    last_ms: AtomicU64,
+    active: AtomicUsize,
+}
+
+/// Counts a request in flight on a connection while alive.
+struct ActiveGuard(Arc<Activity>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An I/O wrapper that records activity and counts bytes.
+pub(crate) struct IdleIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    bytes: ByteCounters,
+}
+
+/// `skiff_proxy_processed_bytes_total` handles of one listener.
+#[derive(Clone)]
+pub(crate) struct ByteCounters {
+    pub(crate) rx: IntCounter,
+    pub(crate) tx: IntCounter,
+}
+
+impl ByteCounters {
+    pub(crate) fn new(metrics: &Metrics, listener: &str) -> Self {
+        ByteCounters {
+            rx: metrics.processed_bytes.with_label_values(&[listener, "rx"]),
+            tx: metrics.processed_bytes.with_label_values(&[listener, "tx"]),
+        }
+    }
+}
+
+// === impl HttpListener ===
+
+impl HttpListener {
+    pub(crate) fn new(
+        name: &'static str,
+        handler: Handler,
+        phase: watch::Receiver<Phase>,
+        idle: Option<Duration>,
+        grace: Duration,
+        limits: &LimitsConfig,
+        metrics: Metrics,
+    ) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        HttpListener {
+            name,
+            handler,
+            phase,
+            idle,
+            grace,
+            bytes: ByteCounters::new(&metrics, name),
+            metrics,
+            builder,
+            max_connections: limits.max_connections,
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match &self.handler {
+            Handler::Admin(admin) => admin.handle(req).await,
+            Handler::Proxy {
+                forwarder,
+                route,
+                inbound,
+            } => {
+                let version = req.version();
+                let format = forwarder.config.access_log;
+                let start = Instant::now();
+                // Only what the access log needs is copied, and only when it is on.
+                let line = (format != AccessLog::Off).then(|| {
+                    let authority = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.as_str())
+                        .or_else(|| {
+                            req.headers()
+                                .get(header::HOST)
+                                .and_then(|h| h.to_str().ok())
+                        })
+                        .unwrap_or("-")
+                        .to_owned();
+                    let path = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_owned();
+                    (req.method().clone(), authority, path)
+                });
+                let grpc = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let mut info = ForwardInfo::default();
+                let mut error = None;
+                let mut resp = match forwarder.forward(route, req, &mut info).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        if e.blame() != Blame::Upstream {
+                            self.metrics
+                                .downstream_errors
+                                .with_label_values(&[e.kind()])
+                                .inc();
+                        }
+                        tracing::debug!(listener = self.name, error = %e, "request failed");
+                        error = Some(e.kind());
+                        error_response(&e, grpc)
+                    }
+                };
+                if let Some((method, authority, path)) = &line {
+                    access::log(
+                        format,
+                        &AccessRecord {
+                            listener: self.name,
+                            method,
+                            authority,
+                            path,
+                            status: resp.status(),
+                            duration: start.elapsed(),
+                            error,
+                            info: &info,
+                        },
+                    );
+                }
+                if *inbound && version == Version::HTTP_11 && *self.phase.borrow() != Phase::Serving
+                {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
+        }
+    }
+}
+
+/// Accepts connections until the phase reaches `Stopping`, then waits for them to finish.
+pub(crate) async fn serve_http(listener: TcpListener, ctx: Arc<HttpListener>) {
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let limit = Arc::new(Semaphore::new(ctx.max_connections.max(1)));
+    let mut phase = ctx.phase.clone();
+    let new_conns = ctx.metrics.new_connections.with_label_values(&[ctx.name]);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        ctx.metrics.downstream_errors.with_label_values(&["connection_limit"]).inc();
+                        tokio::spawn(refuse(stream, ctx.max_connections));
+                        continue;
+                    };
+                    new_conns.inc();
+                    let ctx = ctx.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, &ctx).await;
+                        drop(permit);
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: let others finish.
+                    tracing::warn!(listener = ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = wait_for(&mut phase, Phase::Stopping) => break,
+        }
+    }
+    drop(listener);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+}
+
+async fn serve_connection(stream: TcpStream, ctx: &Arc<HttpListener>) {
+    let _ = stream.set_nodelay(true);
+    let active_gauge = ctx
+        .metrics
+        .active_connections
+        .with_label_values(&[ctx.name]);
+    active_gauge.inc();
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(IdleIo::new(stream, activity.clone(), ctx.bytes.clone()));
+    let svc_ctx = ctx.clone();
+    let svc_activity = activity.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        if req.version() == Version::HTTP_2 {
+            svc_activity.h2.store(true, Ordering::Relaxed);
+        }
+        let guard = svc_activity.begin();
+        async move {
+            let resp = ctx.handle(req).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut phase = ctx.phase.clone();
+    let mut drain_phase = ctx.phase.clone();
+    let mut hard_stop: Option<Instant> = None;
+    let mut goaway = false;
+    let inbound = matches!(ctx.handler, Handler::Proxy { inbound: true, .. });
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    count_connection_error(&ctx.metrics, &*e);
+                }
+                break;
+            }
+            // Draining inbound HTTP/2: GOAWAY now, so clients open their next streams
+            // elsewhere (HTTP/1.1 gets `Connection: close` on its next response instead).
+            () = wait_for(&mut drain_phase, Phase::Draining), if inbound && !goaway && hard_stop.is_none() => {
+                goaway = true;
+                if activity.h2.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = wait_for(&mut phase, Phase::Stopping), if hard_stop.is_none() => {
+                if !(goaway && activity.h2.load(Ordering::Relaxed)) {
+                    conn.as_mut().graceful_shutdown();
+                }
+                hard_stop = Some(Instant::now() + ctx.grace);
+            }
+            () = activity.idle_expired(ctx.idle), if hard_stop.is_none() && ctx.idle.is_some() => {
+                conn.as_mut().graceful_shutdown();
+                hard_stop = Some(Instant::now() + ctx.grace);
+            }
+            () = sleep_until_opt(hard_stop) => break,
+        }
+    }
+    active_gauge.dec();
+}
+
+/// Tells a client over the connection limit why it is turned away, then closes.
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read what the client sent first: closing with unread data would reset the connection
+    // before the client reads the answer.
+    let mut head = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head)).await;
+    let body = format!("skiff-proxy: listener connection limit ({limit}) reached\n");
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nx-skiff-error: connection_limit\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+fn count_connection_error(metrics: &Metrics, e: &(dyn std::error::Error + 'static)) {
+    let kind = match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() => "header_too_large",
+        Some(h) if h.is_parse() => "malformed",
+        Some(h) if h.is_timeout() => "header_read_timeout",
+        Some(h) if h.is_incomplete_message() => "incomplete",
+        _ => "connection",
+    };
+    metrics.downstream_errors.with_label_values(&[kind]).inc();
+    tracing::debug!(error = %e, kind, "downstream connection error");
+}
+
+/// Resolves once the phase is at least `want`, or when the sidecar is gone (dropped
+/// without `run`), which means stopping.
+pub(crate) async fn wait_for(phase: &mut watch::Receiver<Phase>, want: Phase) {
+    let reached = |p: &Phase| match want {
+        Phase::Serving => true,
+        Phase::Draining => *p != Phase::Serving,
+        Phase::Stopping => *p == Phase::Stopping,
+    };
+    let _ = phase.wait_for(reached).await;
+}
+
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            h2: AtomicBool::new(false),
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// Resolves when nothing was in flight and no byte moved for `idle`.
+    pub(crate) async fn idle_expired(&self, idle: Option<Duration>) {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let at = last + idle;
+            if Instant::now() >= at && self.active.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let next = if Instant::now() >= at {
+                Instant::now() + idle
+            } else {
+                at
+            };
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+// === impl IdleIo ===
+
+impl<T> IdleIo<T> {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>, bytes: ByteCounters) -> Self {
+        IdleIo {
+            inner,
+            activity,
+            bytes,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
+            self.activity.touch();
+            self.bytes.rx.inc_by(n as u64);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            self.activity.touch();
+            self.bytes.tx.inc_by(n as u64);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            self.activity.touch();
+            self.bytes.tx.inc_by(n as u64);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
