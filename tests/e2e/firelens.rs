@@ -18,12 +18,8 @@ fn serial_awsfirelens_logs_reach_the_output_with_ecs_metadata() {
         );
         std::fs::write(dir.path().join(f), text).expect("write");
     }
-    let up = Up::start_dir(dir.path(), "host");
-    eventually(
-        "the web app to answer on its published port",
-        Duration::from_secs(60),
-        || matches!(get("127.0.0.1:8090", "/"), Ok((200, _))).then_some(()),
-    );
+    let mut up = Up::start_dir(dir.path(), "host");
+    up.wait_serving("127.0.0.1:8090");
     for _ in 0..10 {
         assert!(matches!(get("127.0.0.1:8090", "/ping"), Ok((404 | 200, _))));
     }

@@ -9,4 +9,5 @@ mod firelens;
 mod harness;
 mod quickstart;
 mod runner;
+mod telemetry;
 mod validate;

@@ -54,6 +54,24 @@ impl Up {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Polls `addr` until it answers 200; fails at once (with the log) if `skiff up` exits.
+    pub fn wait_serving(&mut self, addr: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if matches!(get(addr, "/"), Ok((200, _))) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("skiff up exited with {status} before {addr} answered");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr} did not answer 200 within 90 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: what a crash of the runner looks like.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -122,14 +140,6 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
-fn wait_until_serving() {
-    eventually(
-        "the frontend to answer 200 through the mesh",
-        Duration::from_secs(90),
-        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
-    );
-}
-
 fn healthy_instances(service: &str) -> usize {
     healthy_instance_ids(service).len()
 }
@@ -169,7 +179,7 @@ pub fn healthy_instance_ids(service: &str) -> Vec<String> {
 
 fn quickstart_end_to_end(mode: &str) {
     let mut up = Up::start(mode);
-    wait_until_serving();
+    up.wait_serving(FRONTEND);
 
     // 200 requests through the frontend, which calls `orders` by its alias: all succeed, and
     // the answers name the orders tasks that served them.
@@ -319,8 +329,8 @@ fn serial_awsvpc_alias_resolves_through_etc_hosts() {
         eprintln!("skipped: awsvpc mode needs root");
         return;
     }
-    let up = Up::start("awsvpc");
-    wait_until_serving();
+    let mut up = Up::start("awsvpc");
+    up.wait_serving(FRONTEND);
     let ns = eventually("a task namespace", Duration::from_secs(10), || {
         let out = Command::new("ip").args(["netns", "list"]).output().ok()?;
         String::from_utf8_lossy(&out.stdout)

@@ -61,12 +61,8 @@ fn load(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize, Option<
 /// and the registry shows the replacement.
 #[test]
 fn serial_killed_app_is_replaced_without_client_failures() {
-    let up = Up::start("host");
-    eventually(
-        "the frontend to answer through the mesh",
-        Duration::from_secs(90),
-        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
-    );
+    let mut up = Up::start("host");
+    up.wait_serving(FRONTEND);
     eventually("3 running orders tasks", Duration::from_secs(30), || {
         (running_ids(&state(&up), "orders").len() == 3).then_some(())
     });
@@ -204,12 +200,8 @@ fn serial_rolling_update_under_load_has_no_failures() {
         let path = entry.expect("entry").path();
         std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
     }
-    let up = Up::start_dir(dir.path(), "host");
-    eventually(
-        "the frontend to answer through the mesh",
-        Duration::from_secs(90),
-        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
-    );
+    let mut up = Up::start_dir(dir.path(), "host");
+    up.wait_serving(FRONTEND);
     let old = eventually("3 running orders tasks", Duration::from_secs(30), || {
         let ids = running_ids(&state(&up), "orders");
         (ids.len() == 3).then_some(ids)
@@ -259,11 +251,7 @@ fn serial_rolling_update_under_load_has_no_failures() {
 #[test]
 fn serial_killed_runner_leaves_no_task_process() {
     let mut up = Up::start("host");
-    eventually(
-        "the frontend to answer through the mesh",
-        Duration::from_secs(90),
-        || matches!(get(FRONTEND, "/"), Ok((200, _))).then_some(()),
-    );
+    up.wait_serving(FRONTEND);
     let s = eventually(
         "every task with its processes",
         Duration::from_secs(30),

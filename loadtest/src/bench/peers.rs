@@ -134,6 +134,9 @@ pub fn default_sidecar_command() -> Vec<String> {
         "skiff-bench",
         "--bind-ip",
         "{bind_ip}",
+        // The benchmark stops it by SIGTERM: no clients to drain for.
+        "--drain-ms",
+        "0",
     ]
     .map(String::from)
     .to_vec()
