@@ -197,7 +197,8 @@ struct ProxyArgs {
 }
 
 async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
-    let mut settings = load_settings(args.settings.as_deref())?.proxy;
+    let all = load_settings(args.settings.as_deref())?;
+    let mut settings = all.proxy;
     let stack = skiff_config::load_files(&[args.task_definition.clone(), args.service.clone()])
         .map_err(|problems| {
             (
@@ -251,6 +252,9 @@ async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
         opts.config.vip_base = Some(cidr.network);
         opts.config.vip_prefix_len = cidr.prefix_len;
     }
+    // Traces: OTLP export per OTEL_* variables or [telemetry]; off when neither names a collector.
+    opts.trace =
+        skiff_proxy::TraceSettings::from_env(&all.telemetry).map_err(|e| (2, e.to_string()))?;
     let ingress: Vec<(String, String)> = opts
         .ingress
         .iter()

@@ -1,26 +1,18 @@
-//! W3C trace context propagation and access log lines (JSON or text) on stdout.
+//! Access log lines (JSON or text) on stdout, per the service's `accessLogConfiguration`.
 //!
-//! Every proxied request continues the caller's `traceparent` (or starts a trace) and passes
-//! it upstream with this hop's span id, so traces join across sidecars; the access log line
-//! carries the same `trace_id`/`span_id`. Exporting spans (OTLP) is the telemetry module's job.
+//! Each line carries the `trace_id` and `span_id` of the request's server span
+//! (`trace.rs`), so logs and traces join; the query string is left out unless
+//! `includeQueryParameters` is `ENABLED`, as Service Connect does.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use rand::Rng;
+use http::{Method, StatusCode};
 
 use crate::config::AccessLog;
-
-/// The trace this hop belongs to and its own span.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TraceContext {
-    pub(crate) trace_id: [u8; 16],
-    pub(crate) span_id: [u8; 8],
-    pub(crate) flags: u8,
-}
+use crate::trace::{SpanContext, hex};
 
 /// What the forwarder learned about a request, for the access log.
 #[derive(Default)]
@@ -28,82 +20,17 @@ pub(crate) struct ForwardInfo {
     pub(crate) target: Option<String>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) attempts: u32,
-    pub(crate) trace: Option<TraceContext>,
+    pub(crate) trace: Option<SpanContext>,
 }
 
-// === impl TraceContext ===
-
-impl TraceContext {
-    /// Continues the `traceparent` in `headers` (or starts a trace) and rewrites it with a new
-    /// span id for this hop.
-    pub(crate) fn propagate(headers: &mut HeaderMap) -> TraceContext {
-        let mut rng = rand::rng();
-        let mut span_id = [0u8; 8];
-        rng.fill(&mut span_id);
-        let parent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent);
-        let ctx = match parent {
-            Some((trace_id, flags)) => TraceContext {
-                trace_id,
-                span_id,
-                flags,
-            },
-            None => {
-                let mut trace_id = [0u8; 16];
-                rng.fill(&mut trace_id);
-                TraceContext {
-                    trace_id,
-                    span_id,
-                    flags: 1,
-                }
-            }
-        };
-        if let Ok(v) = HeaderValue::from_str(&ctx.traceparent()) {
-            headers.insert("traceparent", v);
-        }
-        ctx
-    }
-
-    pub(crate) fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
-    }
-}
-
-/// `00-<32 hex>-<16 hex>-<2 hex>` with non-zero ids → (trace id, flags).
-fn parse_traceparent(v: &str) -> Option<([u8; 16], u8)> {
-    let mut parts = v.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2
-        || version == "ff"
-        || trace.len() != 32
-        || parent.len() != 16
-        || flags.len() != 2
-    {
-        return None;
-    }
-    let mut trace_id = [0u8; 16];
-    for (i, b) in trace_id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(trace.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    (trace_id != [0; 16]).then_some((trace_id, flags))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+/// Where access log lines go.
+#[derive(Clone, Default)]
+pub enum AccessLogSink {
+    /// Standard output, which the log router carries.
+    #[default]
+    Stdout,
+    /// Kept in memory, one entry per line (tests and embedding).
+    Memory(Arc<Mutex<Vec<String>>>),
 }
 
 /// One access log line.
@@ -118,15 +45,20 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) info: &'a ForwardInfo,
 }
 
-/// Writes `rec` to stdout in `format` (nothing when off).
-pub(crate) fn log(format: AccessLog, rec: &AccessRecord<'_>) {
+/// Writes `rec` to `sink` in `format` (nothing when off).
+pub(crate) fn log(format: AccessLog, sink: &AccessLogSink, rec: &AccessRecord<'_>) {
     let line = match format {
         AccessLog::Off => return,
         AccessLog::Json => json_line(rec),
         AccessLog::Text => text_line(rec),
     };
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes());
+    match sink {
+        AccessLogSink::Stdout => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+        }
+        AccessLogSink::Memory(lines) => lines.lock().unwrap_or_else(|e| e.into_inner()).push(line),
+    }
 }
 
 fn json_line(rec: &AccessRecord<'_>) -> String {
@@ -157,7 +89,7 @@ fn json_line(rec: &AccessRecord<'_>) -> String {
 
 fn text_line(rec: &AccessRecord<'_>) -> String {
     format!(
-        "{} {} {} {}{} {} {:.3}ms target={} upstream={} attempts={} trace_id={}\n",
+        "{} {} {} {}{} {} {:.3}ms target={} upstream={} attempts={} trace_id={} span_id={}\n",
         rfc3339(SystemTime::now()),
         rec.listener,
         rec.method,
@@ -172,7 +104,12 @@ fn text_line(rec: &AccessRecord<'_>) -> String {
         rec.info.attempts,
         rec.info
             .trace
+            .as_ref()
             .map_or_else(|| "-".to_owned(), |t| hex(&t.trace_id)),
+        rec.info
+            .trace
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |t| hex(&t.span_id)),
     )
 }
 
@@ -205,49 +142,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn continues_a_valid_traceparent_with_a_new_span() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "traceparent",
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        );
-        let ctx = TraceContext::propagate(&mut h);
-        assert_eq!(hex(&ctx.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let out = h["traceparent"].to_str().unwrap().to_owned();
-        assert!(
-            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-            "{out}"
-        );
-        assert!(!out.contains("00f067aa0ba902b7"), "a new span id: {out}");
-        assert!(out.ends_with("-01"));
-    }
-
-    #[test]
-    fn starts_a_trace_when_missing_or_invalid() {
-        for bad in [
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "zz-1-2-3",
-        ] {
-            let mut h = HeaderMap::new();
-            if !bad.is_empty() {
-                h.insert("traceparent", HeaderValue::from_str(bad).unwrap());
-            }
-            let ctx = TraceContext::propagate(&mut h);
-            assert_ne!(ctx.trace_id, [0; 16]);
-            assert_eq!(h["traceparent"].len(), 55);
-        }
-    }
-
-    #[test]
-    fn json_lines_carry_the_trace() {
-        let mut h = HeaderMap::new();
-        let trace = TraceContext::propagate(&mut h);
+    fn lines_carry_the_trace_and_span() {
+        let trace = SpanContext {
+            trace_id: [0x4b; 16],
+            span_id: [0x0f; 8],
+            sampled: true,
+        };
         let info = ForwardInfo {
             target: Some("orders".into()),
             upstream: Some("127.0.0.1:1".parse().unwrap()),
             attempts: 2,
-            trace: Some(trace),
+            trace: Some(trace.clone()),
         };
         let rec = AccessRecord {
             listener: "outbound",
@@ -263,9 +168,20 @@ mod tests {
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["trace_id"], hex(&trace.trace_id));
+        assert_eq!(v["span_id"], hex(&trace.span_id));
         assert_eq!(v["attempts"], 2);
         assert_eq!(v["target_discovery_name"], "orders");
-        assert!(text_line(&rec).contains("orders:8080/x 200"));
+        let text = text_line(&rec);
+        assert!(text.contains("orders:8080/x 200"), "{text}");
+        assert!(
+            text.contains(&format!("span_id={}", hex(&trace.span_id))),
+            "{text}"
+        );
+
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        log(AccessLog::Text, &AccessLogSink::Memory(lines.clone()), &rec);
+        log(AccessLog::Off, &AccessLogSink::Memory(lines.clone()), &rec);
+        assert_eq!(lines.lock().unwrap().len(), 1);
     }
 
     #[test]

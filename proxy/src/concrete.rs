@@ -199,9 +199,16 @@ impl Concrete {
             let ejected = self.active.iter().filter(|e| e.is_ejected(now)).count();
             may_eject(self.active.len(), ejected, cfg.outlier.max_ejection_percent)
         };
+        let ejected_gauge = &self.target.metrics.ejected;
         if let Some(time) = ep.record(now, rtt, outcome, cfg.ewma_decay, &cfg.outlier, allowed) {
             self.target.metrics.ejections.inc();
+            let ejected = self.active.iter().filter(|e| e.is_ejected(now)).count();
+            ejected_gauge.set(i64::try_from(ejected).unwrap_or(i64::MAX));
             tracing::info!(target_service = %self.target.name, endpoint = %ep.addr, ?time, "endpoint ejected");
+        } else if ejected_gauge.get() > 0 {
+            // Ejections expire on their own: recount only while some are in force.
+            let ejected = self.active.iter().filter(|e| e.is_ejected(now)).count();
+            ejected_gauge.set(i64::try_from(ejected).unwrap_or(i64::MAX));
         }
     }
 

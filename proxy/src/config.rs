@@ -167,6 +167,8 @@ pub struct ProxyConfig {
     /// Adds `x-skiff-attempts` to proxied responses.
     pub debug_attempts_header: bool,
     pub access_log: AccessLog,
+    /// Access log lines keep the query string (`includeQueryParameters: ENABLED`).
+    pub access_log_query: bool,
     /// Network of the alias VIP block (e.g. 127.255.0.0); `None`: no VIP listeners.
     pub vip_base: Option<Ipv4Addr>,
     /// Prefix length of the VIP block (16 for 127.255.0.0/16).
@@ -191,6 +193,7 @@ impl Default for ProxyConfig {
             readiness_interval: DEFAULT_READINESS_INTERVAL,
             debug_attempts_header: false,
             access_log: AccessLog::Off,
+            access_log_query: false,
             vip_base: None,
             vip_prefix_len: DEFAULT_VIP_PREFIX_LEN,
         }

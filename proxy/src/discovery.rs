@@ -208,8 +208,7 @@ impl TableBuilder {
             concrete
                 .target
                 .metrics
-                .endpoints
-                .set(concrete.active.len() as i64);
+                .record_members(concrete.members.iter().map(|m| (m.healthy, m.draining)));
             services.insert(svc.name.clone(), Arc::new(concrete));
         }
         // Forget endpoints that left, so a returning address starts fresh.

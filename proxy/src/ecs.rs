@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use skiff_config::service::AccessLogFormat;
 use skiff_config::settings::{self, ProxySettings, RetryPolicy};
 use skiff_config::task::AppProtocol as EcsAppProtocol;
 use skiff_config::{Service, TaskDefinition};
@@ -103,6 +104,14 @@ pub fn sidecar_options(
     opts.admin_port = settings.admin_port;
     opts.http_proxy_port = settings.http_proxy_port;
     opts.config = proxy_config(settings);
+    // The service's `accessLogConfiguration` turns access logs on, as in Service Connect.
+    if let Some(log) = &sc.access_log_configuration {
+        opts.config.access_log = match log.format {
+            AccessLogFormat::Text => AccessLog::Text,
+            AccessLogFormat::Json => AccessLog::Json,
+        };
+        opts.config.access_log_query = log.include_query_parameters;
+    }
     for entry in &sc.services {
         let Some((_, port)) = task.port_mapping(entry.port_name.as_str()) else {
             return Err(EcsError::UnknownPort {

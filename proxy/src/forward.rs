@@ -17,12 +17,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::access::{ForwardInfo, TraceContext};
+use crate::access::{AccessLogSink, ForwardInfo};
 use crate::concrete::Concrete;
 use crate::config::{AccessLog, ProxyConfig};
 use crate::error::{ProxyError, Retryable};
 use crate::logical::{Table, split_authority};
 use crate::retry::{RetryReason, backoff, is_idempotent};
+use crate::trace::{ServerSpan, Tracer};
 use crate::{Body, BoxError};
 
 /// How a listener finds the target of a request.
@@ -39,6 +40,8 @@ pub(crate) enum Route {
 /// Upstream clients and settings shared by every HTTP listener.
 pub(crate) struct Forwarder {
     pub(crate) config: Arc<ProxyConfig>,
+    pub(crate) tracer: Tracer,
+    pub(crate) access_log_sink: AccessLogSink,
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
 }
@@ -75,7 +78,11 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 // === impl Forwarder ===
 
 impl Forwarder {
-    pub(crate) fn new(config: Arc<ProxyConfig>) -> Self {
+    pub(crate) fn new(
+        config: Arc<ProxyConfig>,
+        tracer: Tracer,
+        access_log_sink: AccessLogSink,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.default_policy.timeouts.connect));
         connector.set_nodelay(true);
@@ -91,14 +98,22 @@ impl Forwarder {
                 .build(connector.clone())
         };
         let (h1, h2) = (build(false), build(true));
-        Forwarder { config, h1, h2 }
+        Forwarder {
+            config,
+            tracer,
+            access_log_sink,
+            h1,
+            h2,
+        }
     }
 
-    /// Proxies one request; every error comes back as a [`ProxyError`] for the one mapping.
+    /// Proxies one request within `span` (each attempt gets a client span, child of it);
+    /// every error comes back as a [`ProxyError`] for the one mapping.
     pub(crate) async fn forward(
         &self,
         route: &Route,
         mut req: Request<Incoming>,
+        span: &ServerSpan,
         info: &mut ForwardInfo,
     ) -> Result<Response<Body>, ProxyError> {
         let start = Instant::now();
@@ -119,11 +134,10 @@ impl Forwarder {
         }
         let deadline = timeout.map(|t| start + t);
         let on_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        if self.config.access_log != AccessLog::Off {
-            info.target = Some(concrete.name().to_owned());
+        if self.config.access_log != AccessLog::Off || span.is_recording() {
+            info.target = Some(target_name(&concrete).to_owned());
         }
-        let (mut parts, body) = req.into_parts();
-        info.trace = Some(TraceContext::propagate(&mut parts.headers));
+        let (parts, body) = req.into_parts();
         let idempotent = is_idempotent(&parts.method, &parts.headers);
         let mut body = self
             .replay_body(body, policy.retry.replay_buffer_bytes, deadline, &concrete)
@@ -154,13 +168,21 @@ impl Forwarder {
                     limit,
                 });
             }
-            let upstream = build_request(
+            let mut upstream = build_request(
                 &parts,
-                body.take(),
+                target.metrics.count_tx(body.take()),
                 ep.authority.clone(),
                 concrete.protocol.is_h2(),
                 on_upgrade.is_some(),
             )?;
+            let attempt_span = self.tracer.client_span(
+                span,
+                upstream.headers_mut(),
+                &parts.method,
+                ep.addr,
+                target_name(&concrete),
+                attempts,
+            );
             // connect + send with timeout
             let try_timeout = match (policy.retry.per_try_timeout, deadline) {
                 (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(now))),
@@ -181,6 +203,13 @@ impl Forwarder {
             let rtt = now.elapsed();
             // classify
             let attempt = classify(res, &concrete, ep.addr, grpc);
+            self.tracer.end_client(
+                attempt_span,
+                match &attempt {
+                    Attempt::Response { resp, .. } => Ok(resp.status().as_u16()),
+                    Attempt::Failed { err, .. } => Err(err.kind()),
+                },
+            );
             let (outcome, sample) = match &attempt {
                 // A gRPC answer without a status in its headers has it in its trailers.
                 Attempt::Response { resp, success, .. }
@@ -246,6 +275,7 @@ impl Forwarder {
             Ok(resp) => resp,
             Err(e) => {
                 metrics.record_status(Some(e.status()));
+                metrics.record_failure(&e);
                 if grpc {
                     metrics.record_grpc(Some(&HeaderValue::from(e.grpc_status())));
                 }
@@ -283,6 +313,7 @@ impl Forwarder {
                 resp
             };
         *resp.version_mut() = Version::default();
+        let mut resp = metrics.count_rx(resp);
         if self.config.debug_attempts_header {
             resp.headers_mut()
                 .insert("x-skiff-attempts", HeaderValue::from(attempts));
@@ -410,6 +441,12 @@ impl ReplayBody {
             },
         }
     }
+}
+
+/// The discovery name a request goes to (inbound targets are `inbound/<name>` in metrics).
+fn target_name(concrete: &Concrete) -> &str {
+    let name = concrete.name();
+    name.strip_prefix("inbound/").unwrap_or(name)
 }
 
 /// The authority a request names: absolute-form URI first, then Host.

@@ -11,8 +11,11 @@
 //!
 //! The hot path only loads an `Arc<Table>` from a `tokio::sync::watch` channel (no
 //! arc-swap): a discovery update builds a new immutable table and swaps it in.
+//!
+//! Telemetry: metrics in `metrics.rs`, OpenTelemetry spans and their OTLP exporter in
+//! `trace.rs`, access log lines in `access.rs`.
 
-mod access;
+pub mod access;
 mod admin;
 mod aliases;
 mod balance;
@@ -32,12 +35,15 @@ mod retry;
 mod server;
 mod sidecar;
 mod tcp;
+pub mod trace;
 
+pub use access::AccessLogSink;
 pub use config::{AccessLog, BalancerKind, ProxyConfig};
 pub use discovery::{Alias, AppProtocol, Discovery, EndpointInfo, ServiceInfo, Snapshot};
 pub use error::{Blame, ProxyError, Retryable, error_response};
 pub use metrics::Metrics;
 pub use sidecar::{DiscoverySource, IngressEntry, Sidecar, SidecarOptions};
+pub use trace::{OtlpProtocol, Sampler, TraceError, TraceSettings};
 
 /// Boxed error of bodies and sources.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -104,6 +104,7 @@ pub(crate) fn spawn_discovery(
                     if changed.is_err() { break; }
                     let snap = snaps.borrow_and_update().clone();
                     if let Some(ns) = snap {
+                        metrics.discovery_updated();
                         tx.send_replace(Arc::new(snapshot_from_namespace(&ns)));
                     }
                 }
@@ -114,6 +115,7 @@ pub(crate) fn spawn_discovery(
                     status.discovery_errors.store(u64::from(st.consecutive_errors), Ordering::Relaxed);
                     status.set_error(st.last_error.clone());
                     metrics.discovery_stale.set(i64::from(!st.connected));
+                    metrics.discovery_errors.set(i64::from(st.consecutive_errors));
                     if !st.connected && st.consecutive_errors == 1 {
                         tracing::warn!(error = ?st.last_error, "registry unreachable; serving the last known endpoints");
                     }

@@ -6,6 +6,7 @@
 //! gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the in-flight response), with a hard cap.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,7 @@ use crate::config::{AccessLog, LimitsConfig};
 use crate::error::{Blame, error_response};
 use crate::forward::{Forwarder, Route};
 use crate::metrics::Metrics;
+use crate::trace::RequestInfo;
 
 /// Where the sidecar is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +141,7 @@ impl HttpListener {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         match &self.handler {
             Handler::Admin(admin) => admin.handle(req).await,
             Handler::Proxy {
@@ -150,33 +152,49 @@ impl HttpListener {
                 let version = req.version();
                 let format = forwarder.config.access_log;
                 let start = Instant::now();
-                // Only what the access log needs is copied, and only when it is on.
+                let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                });
+                let span = forwarder.tracer.server_span(&RequestInfo {
+                    listener: self.name,
+                    headers: req.headers(),
+                    method: req.method(),
+                    path: req.uri().path(),
+                    // Like access logs: the query only with `includeQueryParameters`.
+                    query: req
+                        .uri()
+                        .query()
+                        .filter(|_| forwarder.config.access_log_query),
+                    authority,
+                    peer: Some(peer),
+                    version,
+                });
+                // Only what the access log needs is copied, and only when it is on; the query
+                // string only when `includeQueryParameters` is enabled.
                 let line = (format != AccessLog::Off).then(|| {
-                    let authority = req
-                        .uri()
-                        .authority()
-                        .map(|a| a.as_str())
-                        .or_else(|| {
-                            req.headers()
-                                .get(header::HOST)
-                                .and_then(|h| h.to_str().ok())
-                        })
-                        .unwrap_or("-")
-                        .to_owned();
-                    let path = req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_owned();
-                    (req.method().clone(), authority, path)
+                    let path = match req.uri().path_and_query() {
+                        Some(pq) if forwarder.config.access_log_query => pq.as_str(),
+                        Some(pq) => pq.path(),
+                        None => "/",
+                    };
+                    (
+                        req.method().clone(),
+                        authority.unwrap_or("-").to_owned(),
+                        path.to_owned(),
+                    )
                 });
                 let grpc = req
                     .headers()
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                let mut info = ForwardInfo::default();
+                let mut info = ForwardInfo {
+                    trace: Some(span.ctx.clone()),
+                    ..ForwardInfo::default()
+                };
                 let mut error = None;
-                let mut resp = match forwarder.forward(route, req, &mut info).await {
+                let mut resp = match forwarder.forward(route, req, &span, &mut info).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         if e.blame() != Blame::Upstream {
@@ -190,9 +208,16 @@ impl HttpListener {
                         error_response(&e, grpc)
                     }
                 };
+                forwarder.tracer.end_server(
+                    span,
+                    resp.status().as_u16(),
+                    error,
+                    info.target.as_deref(),
+                );
                 if let Some((method, authority, path)) = &line {
                     access::log(
                         format,
+                        &forwarder.access_log_sink,
                         &AccessRecord {
                             listener: self.name,
                             method,
@@ -225,7 +250,7 @@ pub(crate) async fn serve_http(listener: TcpListener, ctx: Arc<HttpListener>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         ctx.metrics.downstream_errors.with_label_values(&["connection_limit"]).inc();
                         tokio::spawn(refuse(stream, ctx.max_connections));
@@ -235,7 +260,7 @@ pub(crate) async fn serve_http(listener: TcpListener, ctx: Arc<HttpListener>) {
                     let ctx = ctx.clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, &ctx).await;
+                        serve_connection(stream, peer, &ctx).await;
                         drop(permit);
                         drop(done);
                     });
@@ -254,7 +279,7 @@ pub(crate) async fn serve_http(listener: TcpListener, ctx: Arc<HttpListener>) {
     let _ = done_rx.recv().await;
 }
 
-async fn serve_connection(stream: TcpStream, ctx: &Arc<HttpListener>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListener>) {
     let _ = stream.set_nodelay(true);
     let active_gauge = ctx
         .metrics
@@ -272,7 +297,7 @@ async fn serve_connection(stream: TcpStream, ctx: &Arc<HttpListener>) {
         }
         let guard = svc_activity.begin();
         async move {
-            let resp = ctx.handle(req).await;
+            let resp = ctx.handle(req, peer).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }

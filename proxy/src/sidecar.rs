@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::access::AccessLogSink;
 use crate::admin::{Admin, Status};
 use crate::aliases::{AliasManager, VipMap};
 use crate::concrete::{Concrete, Member};
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Registration, spawn_discovery};
 use crate::server::{Handler, HttpListener, Phase, serve_http};
 use crate::tcp::{TcpListenerCtx, TcpTarget, serve_tcp};
+use crate::trace::{TraceSettings, Tracer};
 
 /// One `serviceConnectConfiguration.services[]` entry, resolved against the task definition.
 #[derive(Clone, Debug)]
@@ -84,6 +86,10 @@ pub struct SidecarOptions {
     /// Where to keep a hosts file of alias VIPs (for `/etc/hosts` in the task); `None`: none.
     pub hosts_file: Option<PathBuf>,
     pub config: ProxyConfig,
+    /// Sampling and OTLP export (`TraceSettings::from_env`); default: propagate, export nothing.
+    pub trace: TraceSettings,
+    /// Where access log lines go (stdout unless a test keeps them).
+    pub access_log_sink: AccessLogSink,
 }
 
 /// A running sidecar.
@@ -98,6 +104,7 @@ pub struct Sidecar {
     background: Vec<JoinHandle<()>>,
     config: Arc<ProxyConfig>,
     metrics: Metrics,
+    tracer: Tracer,
     registration: Option<Arc<Registration>>,
 }
 
@@ -123,6 +130,8 @@ impl SidecarOptions {
             dns_upstream: None,
             hosts_file: None,
             config: ProxyConfig::default(),
+            trace: TraceSettings::default(),
+            access_log_sink: AccessLogSink::Stdout,
         }
     }
 }
@@ -140,7 +149,7 @@ impl Sidecar {
         } else {
             opts.service_name.as_str()
         };
-        let metrics = Metrics::new(registry, label)
+        let metrics = Metrics::with_cluster(registry, label, &opts.cluster)
             .map_err(|e| ProxyError::Internal(format!("metrics: {e}")))?;
         let config = Arc::new(opts.config.clone());
         let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
@@ -197,7 +206,21 @@ impl Sidecar {
             }
         };
         let table = spawn_table(discovery, builder);
-        let forwarder = Arc::new(Forwarder::new(config.clone()));
+        let mut resource = vec![
+            ("service.namespace".to_owned(), opts.namespace.clone()),
+            ("service.instance.id".to_owned(), opts.task_id.clone()),
+            ("aws.ecs.task.arn".to_owned(), task_arn(&opts)),
+        ];
+        if !opts.task_family.is_empty() {
+            resource.push(("aws.ecs.task.family".to_owned(), opts.task_family.clone()));
+        }
+        let tracer = Tracer::start(&opts.trace, registry, label, &opts.cluster, resource)
+            .map_err(|e| ProxyError::Internal(format!("tracing: {e}")))?;
+        let forwarder = Arc::new(Forwarder::new(
+            config.clone(),
+            tracer.clone(),
+            opts.access_log_sink.clone(),
+        ));
 
         let bind = |port: u16| SocketAddr::new(opts.bind_ip, port);
         let mut servers = Vec::new();
@@ -316,6 +339,16 @@ impl Sidecar {
                 "timeouts": e.timeouts,
             })).collect::<Vec<_>>(),
             "proxy": &*config,
+            "trace": json!({
+                "service_name": opts.trace.service_name,
+                "sampler": if opts.trace.sampler.parent_based { "parentbased_traceidratio" } else { "traceidratio" },
+                "sampling_ratio": opts.trace.sampler.ratio,
+                "otlp_endpoint": opts.trace.export.as_ref().map(|e| e.endpoint.to_string()),
+                "otlp_protocol": opts.trace.export.as_ref().map(|e| match e.protocol {
+                    crate::trace::OtlpProtocol::Grpc => "grpc",
+                    crate::trace::OtlpProtocol::HttpProtobuf => "http/protobuf",
+                }),
+            }),
         });
         let admin = Arc::new(Admin {
             status: status.clone(),
@@ -390,6 +423,7 @@ impl Sidecar {
             background,
             config,
             metrics,
+            tracer,
             registration,
         })
     }
@@ -444,6 +478,8 @@ impl Sidecar {
         for task in self.background {
             task.abort();
         }
+        // Spans of the last requests go out before the process exits (bounded).
+        self.tracer.flush(self.config.drain_grace).await;
         tracing::info!("drained");
         Ok(())
     }
@@ -474,13 +510,7 @@ fn instance_attributes(
     if !opts.task_family.is_empty() {
         put(attrs::ECS_TASK_DEFINITION_FAMILY, opts.task_family.clone());
     }
-    put(
-        attrs::ECS_TASK_ARN,
-        format!(
-            "arn:aws:ecs:local:000000000000:task/{}/{}",
-            opts.cluster, opts.task_id
-        ),
-    );
+    put(attrs::ECS_TASK_ARN, task_arn(opts));
     let aliases: Vec<String> = entry.client_aliases.iter().map(|a| a.to_string()).collect();
     put(attrs::SKIFF_CLIENT_ALIASES, aliases.join(","));
     put(
@@ -494,6 +524,14 @@ fn instance_attributes(
     );
     put(attrs::SKIFF_COMPONENT, "sidecar".to_owned());
     a
+}
+
+/// The task's ARN as Skiff registers it.
+fn task_arn(opts: &SidecarOptions) -> String {
+    format!(
+        "arn:aws:ecs:local:000000000000:task/{}/{}",
+        opts.cluster, opts.task_id
+    )
 }
 
 /// How the sidecar knows the app is healthy.

@@ -78,11 +78,19 @@ async fn stack(vip_octet: u8) -> Stack {
 
 async fn grpc_count(proxy: &Proxy, status: &str) -> f64 {
     let text = proxy.admin_get("/metrics").await.body;
+    // Outbound answers (a client sidecar) or inbound requests (a server sidecar).
     metric(
         &text,
         "skiff_proxy_grpc_responses_total",
         &[("grpc_status", status)],
     )
+    .or_else(|| {
+        metric(
+            &text,
+            "skiff_proxy_inbound_grpc_requests_total",
+            &[("grpc_status", status)],
+        )
+    })
     .unwrap_or(0.0)
 }
 

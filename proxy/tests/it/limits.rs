@@ -87,7 +87,7 @@ async fn empty_retry_budget_stops_retries() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(good.hits(), 0);
     let m = proxy.admin_get("/metrics").await.body;
-    assert!(m.contains(r#"skiff_proxy_retry_budget_exhausted_total{discovery_name="client",target_discovery_name="orders"} 1"#), "{m}");
+    assert!(m.contains(r#"skiff_proxy_retry_budget_exhausted_total{cluster_name="default",service_name="client",target_discovery_name="orders"} 1"#), "{m}");
 }
 
 #[tokio::test]

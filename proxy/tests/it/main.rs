@@ -6,6 +6,7 @@
 mod aliases;
 mod curl;
 mod dns;
+mod ecs;
 mod fake_registry;
 mod grpc;
 mod h2load;
@@ -16,3 +17,4 @@ mod outbound;
 mod process;
 mod protocols;
 mod registry;
+mod trace;

@@ -400,19 +400,21 @@ async fn metrics_count_requests_by_target_and_status_class() {
     }
     let m = proxy.admin_get("/metrics").await.body;
     assert!(
-        m.contains(r#"skiff_proxy_requests_total{discovery_name="client",status_class="2xx",target_discovery_name="orders"} 3"#),
+        m.contains(r#"skiff_proxy_requests_total{cluster_name="default",service_name="client",status_class="2xx",target_discovery_name="orders"} 3"#),
         "{m}"
     );
     assert!(m.contains("skiff_proxy_target_response_time_seconds_bucket"));
     assert!(
-        m.contains(r#"skiff_proxy_new_connections_total{listener="outbound"} 1"#),
+        m.contains(
+            r#"skiff_proxy_new_connections_total{cluster_name="default",listener="outbound"} 1"#
+        ),
         "{m}"
     );
     let tx = m
         .lines()
         .find(|l| {
             l.starts_with(
-                r#"skiff_proxy_processed_bytes_total{direction="tx",listener="outbound"}"#,
+                r#"skiff_proxy_processed_bytes_total{cluster_name="default",direction="tx",listener="outbound"}"#,
             )
         })
         .and_then(|l| l.rsplit(' ').next())

@@ -102,7 +102,10 @@ async fn client_discovers_through_registry_and_survives_its_loss() {
         assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "orders-app"));
     }
     let m = client.admin_get("/metrics").await.body;
-    assert!(m.contains("skiff_proxy_discovery_stale 1"), "{m}");
+    assert!(
+        m.contains(r#"skiff_proxy_discovery_stale{cluster_name="default"} 1"#),
+        "{m}"
+    );
     reg.notify();
 }
 

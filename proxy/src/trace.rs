@@ -1,0 +1,933 @@
+//! OpenTelemetry spans of proxied requests: context in (W3C, B3), sampling, spans out to OTLP.
+//!
+//! Each request gets a *server* span (this hop, child of the caller's span) and each attempt
+//! upstream a *client* span (child of the server span, so retries are siblings); the upstream
+//! `traceparent` names the client span. The hot path never waits for the exporter: a finished
+//! span is `try_send`-ed into a bounded queue and, when the queue is full (collector down or
+//! slow), dropped and counted in `skiff_proxy_spans_dropped_total`. A background task
+//! (`trace/export.rs`) batches the queue and POSTs OTLP (HTTP/protobuf or unary gRPC over h2c).
+//!
+//! Why no `opentelemetry` SDK: OTLP's trace messages are a handful of protobuf fields, encoded
+//! by hand in `trace/otlp.rs` (checked against the official generated types in tests), and sent
+//! with the hyper client the proxy already has; the SDK plus tonic would more than double the
+//! proxy's compile time on two cores and its span processor API does not let us count drops
+//! in our own registry.
+
+mod export;
+mod otlp;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, Method, Version};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Spans waiting for export before new ones are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 2048;
+/// Spans per export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+pub const DEFAULT_BATCH_SIZE: usize = 512;
+/// Longest wait before a partial batch is sent (`OTEL_BSP_SCHEDULE_DELAY`).
+pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// One export request's timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[telemetry] otlp_endpoint` and `OTEL_EXPORTER_OTLP_ENDPOINT` are bases: HTTP/protobuf
+/// posts to this path below them.
+pub const OTLP_HTTP_TRACES_PATH: &str = "/v1/traces";
+
+/// Bad tracing settings.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{var}: unsupported OTLP protocol {value:?} (use grpc or http/protobuf)")]
+    Protocol { var: &'static str, value: String },
+    #[error("{var}: invalid OTLP endpoint {value:?}: {reason}")]
+    Endpoint {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{var}: unsupported sampler {value:?}")]
+    Sampler { var: &'static str, value: String },
+    #[error("{var}: {value:?} is not a number in range")]
+    Number { var: &'static str, value: String },
+    #[error("register span metrics")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Unary `TraceService/Export` over HTTP/2 cleartext.
+    Grpc,
+    /// `POST /v1/traces` with `application/x-protobuf`.
+    HttpProtobuf,
+}
+
+/// Which traces are recorded: parent-based ratio sampling by default.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampler {
+    /// A request with a parent follows the parent's sampled flag.
+    pub parent_based: bool,
+    /// Share (0.0–1.0) of new traces (all traces unless parent-based) that are sampled.
+    pub ratio: f64,
+}
+
+/// Where and how spans are exported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportSettings {
+    /// Full URL: `http://host:4318/v1/traces` (HTTP) or `http://host:4317` (gRPC).
+    pub endpoint: http::Uri,
+    pub protocol: OtlpProtocol,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// A sidecar's tracing settings; the default propagates context and exports nothing.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TraceSettings {
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME`); empty: the sidecar's service name.
+    pub service_name: String,
+    /// More resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), over the sidecar's own.
+    pub resource: Vec<(String, String)>,
+    pub sampler: Sampler,
+    /// `None`: context is still propagated, nothing is exported.
+    pub export: Option<ExportSettings>,
+}
+
+/// Trace identity of one span, as propagated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SpanContext {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) sampled: bool,
+}
+
+/// What came in: the caller's context, if any, in which format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Parent {
+    ctx: SpanContext,
+    b3: B3Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum B3Format {
+    /// W3C `traceparent` (or no B3 at all).
+    None,
+    Single,
+    Multi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpanKind {
+    Server,
+    Client,
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    Str(Cow<'static, str>),
+    Int(i64),
+}
+
+/// A finished span, as exported.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SpanData {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) parent_span_id: Option<[u8; 8]>,
+    pub(crate) trace_state: Option<String>,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) kind: SpanKind,
+    pub(crate) start_unix_nanos: u64,
+    pub(crate) end_unix_nanos: u64,
+    pub(crate) attributes: Vec<(&'static str, Value)>,
+    pub(crate) error: bool,
+}
+
+/// The span of one request on this hop, open until the response head is sent.
+pub(crate) struct ServerSpan {
+    pub(crate) ctx: SpanContext,
+    parent: Option<Parent>,
+    trace_state: Option<HeaderValue>,
+    /// Only filled when the span is recorded.
+    data: Option<SpanData>,
+    start: Instant,
+}
+
+/// One attempt upstream.
+pub(crate) struct ClientSpan {
+    data: Option<SpanData>,
+    start: Instant,
+}
+
+enum Msg {
+    Span(SpanData),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Starts spans and hands finished ones to the exporter. Cheap to clone.
+#[derive(Clone)]
+pub struct Tracer {
+    sampler: Sampler,
+    export: Option<Arc<ExportHandle>>,
+}
+
+struct ExportHandle {
+    tx: mpsc::Sender<Msg>,
+    dropped: IntCounter,
+}
+
+/// Counters of the exporter, registered in the sidecar's registry.
+#[derive(Clone)]
+pub(crate) struct SpanMetrics {
+    pub(crate) dropped: IntCounter,
+    pub(crate) exported: IntCounter,
+}
+
+// === impl TraceSettings ===
+
+impl TraceSettings {
+    /// Settings from the process environment (`OTEL_*`) over `[telemetry]` of `skiff.toml`.
+    pub fn from_env(
+        telemetry: &skiff_config::settings::TelemetrySettings,
+    ) -> Result<TraceSettings, TraceError> {
+        Self::from_vars(
+            |k| std::env::var(k).ok(),
+            telemetry.otlp_endpoint.as_deref(),
+            telemetry.trace_sampling_ratio,
+        )
+    }
+
+    /// Settings from `var` (an environment lookup) over Skiff's own `otlp_endpoint` (a base
+    /// URL, like `OTEL_EXPORTER_OTLP_ENDPOINT`) and `sampling_ratio`. Precedence, most specific
+    /// first: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is), `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `otlp_endpoint`; `OTEL_TRACES_SAMPLER`/`_ARG` over `sampling_ratio`
+    /// (parent-based). `OTEL_SDK_DISABLED=true` exports nothing.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        otlp_endpoint: Option<&str>,
+        sampling_ratio: f64,
+    ) -> Result<TraceSettings, TraceError> {
+        let var = |k: &str| {
+            var(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let number = |k: &'static str, default: u64| -> Result<u64, TraceError> {
+            match var(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| TraceError::Number { var: k, value: v }),
+            }
+        };
+        let ratio = |k: &'static str, v: Option<String>, default: f64| match v {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or(TraceError::Number { var: k, value: v }),
+        };
+        let sampler_arg = var("OTEL_TRACES_SAMPLER_ARG");
+        let sampler = match var("OTEL_TRACES_SAMPLER").as_deref() {
+            None => Sampler {
+                parent_based: true,
+                ratio: ratio(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    sampler_arg,
+                    sampling_ratio.clamp(0.0, 1.0),
+                )?,
+            },
+            Some(name) => {
+                let (parent_based, root) = match name.strip_prefix("parentbased_") {
+                    Some(root) => (true, root),
+                    None => (false, name),
+                };
+                let ratio = match root {
+                    "always_on" => 1.0,
+                    "always_off" => 0.0,
+                    "traceidratio" => ratio("OTEL_TRACES_SAMPLER_ARG", sampler_arg, 1.0)?,
+                    _ => {
+                        return Err(TraceError::Sampler {
+                            var: "OTEL_TRACES_SAMPLER",
+                            value: name.to_owned(),
+                        });
+                    }
+                };
+                Sampler {
+                    parent_based,
+                    ratio,
+                }
+            }
+        };
+        let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .map(|v| ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v))
+            .or_else(|| {
+                var("OTEL_EXPORTER_OTLP_PROTOCOL").map(|v| ("OTEL_EXPORTER_OTLP_PROTOCOL", v))
+            }) {
+            None => OtlpProtocol::HttpProtobuf,
+            Some((_, v)) if v == "grpc" => OtlpProtocol::Grpc,
+            Some((_, v)) if v == "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            Some((k, v)) => return Err(TraceError::Protocol { var: k, value: v }),
+        };
+        let endpoint = match (
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otlp_endpoint.map(str::trim).filter(|v| !v.is_empty()),
+        ) {
+            (Some(v), _, _) => Some(parse_endpoint(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                &v,
+                None,
+            )?),
+            (None, Some(v), _) => Some(parse_endpoint(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &v,
+                Some(protocol),
+            )?),
+            (None, None, Some(v)) => Some(parse_endpoint(
+                "telemetry.otlp_endpoint",
+                v,
+                Some(protocol),
+            )?),
+            (None, None, None) => None,
+        };
+        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let export = match endpoint {
+            Some(endpoint) if !disabled => Some(ExportSettings {
+                endpoint,
+                protocol,
+                queue_capacity: number("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_QUEUE_CAPACITY as u64)?
+                    .max(1) as usize,
+                batch_size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DEFAULT_BATCH_SIZE as u64)?
+                    .max(1) as usize,
+                interval: Duration::from_millis(number(
+                    "OTEL_BSP_SCHEDULE_DELAY",
+                    DEFAULT_EXPORT_INTERVAL.as_millis() as u64,
+                )?),
+                timeout: Duration::from_millis(
+                    number(
+                        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                        number(
+                            "OTEL_EXPORTER_OTLP_TIMEOUT",
+                            DEFAULT_EXPORT_TIMEOUT.as_millis() as u64,
+                        )?,
+                    )?
+                    .max(1),
+                ),
+            }),
+            _ => None,
+        };
+        let resource = var("OTEL_RESOURCE_ATTRIBUTES")
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(TraceSettings {
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_default(),
+            resource,
+            sampler,
+            export,
+        })
+    }
+}
+
+/// An `http://` URL; a base (`Some(protocol)`) gets `/v1/traces` appended for HTTP.
+fn parse_endpoint(
+    var: &'static str,
+    value: &str,
+    base_for: Option<OtlpProtocol>,
+) -> Result<http::Uri, TraceError> {
+    let err = |reason: &str| TraceError::Endpoint {
+        var,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: http::Uri = value.parse().map_err(|_| err("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(err("https is not supported yet: use http://")),
+        _ => return Err(err("must start with http://")),
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(err("no host"));
+    };
+    let path = uri.path().trim_end_matches('/');
+    let path = match base_for {
+        Some(OtlpProtocol::HttpProtobuf) if !path.ends_with(OTLP_HTTP_TRACES_PATH) => {
+            format!("{path}{OTLP_HTTP_TRACES_PATH}")
+        }
+        _ if path.is_empty() => "/".to_owned(),
+        _ => path.to_owned(),
+    };
+    http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| err(&e.to_string()))
+}
+
+// === impl Sampler ===
+
+impl Default for Sampler {
+    /// `parentbased_always_on`, the OpenTelemetry default.
+    fn default() -> Self {
+        Sampler {
+            parent_based: true,
+            ratio: 1.0,
+        }
+    }
+}
+
+impl Sampler {
+    fn sample(&self, parent: Option<&SpanContext>, trace_id: &[u8; 16]) -> bool {
+        match parent {
+            Some(p) if self.parent_based => p.sampled,
+            _ => ratio_sampled(self.ratio, trace_id),
+        }
+    }
+}
+
+/// OpenTelemetry's `TraceIdRatioBased`: the low 8 bytes of the trace id, below the ratio's
+/// share of `u64`, so every hop decides the same for the same trace.
+fn ratio_sampled(ratio: f64, trace_id: &[u8; 16]) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    let x = u64::from_be_bytes(low) >> 1;
+    (x as f64) < ratio * (1u64 << 63) as f64
+}
+
+// === impl Tracer ===
+
+impl Tracer {
+    /// A tracer that propagates context (parent-based, always on) and exports nothing.
+    pub fn disabled() -> Tracer {
+        Tracer {
+            sampler: Sampler::default(),
+            export: None,
+        }
+    }
+
+    /// Registers the span counters and, when `settings.export` is set, starts the exporter
+    /// task (call within a Tokio runtime). `service_name` (the ECS service, `client` for a
+    /// client-only sidecar) labels the counters, as in `metrics.rs`, and is the default
+    /// `service.name`; `resource` describes the task (`service.instance.id`, ...).
+    pub(crate) fn start(
+        settings: &TraceSettings,
+        registry: &Registry,
+        service_name: &str,
+        cluster: &str,
+        resource: Vec<(String, String)>,
+    ) -> Result<Tracer, TraceError> {
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "skiff_proxy_spans_dropped_total",
+                "Finished spans dropped because the export queue was full or the export failed",
+            )
+            .const_label("cluster_name", cluster),
+            &["service_name"],
+        )?;
+        let exported = IntCounterVec::new(
+            Opts::new(
+                "skiff_proxy_spans_exported_total",
+                "Spans accepted by the OTLP collector",
+            )
+            .const_label("cluster_name", cluster),
+            &["service_name"],
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(exported.clone()))?;
+        let metrics = SpanMetrics {
+            dropped: dropped.with_label_values(&[service_name]),
+            exported: exported.with_label_values(&[service_name]),
+        };
+        let Some(export) = settings.export.clone() else {
+            return Ok(Tracer {
+                sampler: settings.sampler,
+                export: None,
+            });
+        };
+        let service_name = if settings.service_name.is_empty() {
+            service_name.to_owned()
+        } else {
+            settings.service_name.clone()
+        };
+        // The user's attributes win over the sidecar's; `service.name` comes first.
+        let mut attrs = vec![("service.name".to_owned(), service_name)];
+        for (k, v) in settings.resource.iter().chain(&resource) {
+            if !attrs.iter().any(|(have, _)| have == k) {
+                attrs.push((k.clone(), v.clone()));
+            }
+        }
+        let (tx, rx) = mpsc::channel(export.queue_capacity);
+        tokio::spawn(export::run(export, attrs, rx, metrics.clone()));
+        Ok(Tracer {
+            sampler: settings.sampler,
+            export: Some(Arc::new(ExportHandle {
+                tx,
+                dropped: metrics.dropped,
+            })),
+        })
+    }
+
+    fn recording(&self, sampled: bool) -> bool {
+        sampled && self.export.is_some()
+    }
+
+    /// Opens this hop's span for a request: continues the caller's W3C or B3 context, or
+    /// starts a trace.
+    pub(crate) fn server_span(&self, req: &RequestInfo<'_>) -> ServerSpan {
+        let mut rng = rand::rng();
+        let parent = extract(req.headers);
+        let trace_id = match &parent {
+            Some(p) => p.ctx.trace_id,
+            None => random_nonzero(&mut rng),
+        };
+        let sampled = self
+            .sampler
+            .sample(parent.as_ref().map(|p| &p.ctx), &trace_id);
+        let ctx = SpanContext {
+            trace_id,
+            span_id: random_nonzero(&mut rng),
+            sampled,
+        };
+        let trace_state = req.headers.get("tracestate").cloned();
+        let data = self.recording(sampled).then(|| {
+            let mut attributes = Vec::with_capacity(12);
+            request_attributes(&mut attributes, req.method);
+            attributes.push(("url.path", Value::Str(req.path.to_owned().into())));
+            attributes.push(("url.scheme", Value::Str("http".into())));
+            if let Some(q) = req.query {
+                attributes.push(("url.query", Value::Str(q.to_owned().into())));
+            }
+            if let Some(authority) = req.authority {
+                let (host, port) = crate::logical::split_authority(authority);
+                attributes.push(("server.address", Value::Str(host.to_owned().into())));
+                if let Some(port) = port {
+                    attributes.push(("server.port", Value::Int(i64::from(port))));
+                }
+            }
+            if let Some(peer) = req.peer {
+                attributes.push((
+                    "network.peer.address",
+                    Value::Str(peer.ip().to_string().into()),
+                ));
+                attributes.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
+            }
+            attributes.push((
+                "network.protocol.version",
+                Value::Str(protocol_version(req.version).into()),
+            ));
+            if let Some(ua) = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                attributes.push(("user_agent.original", Value::Str(ua.to_owned().into())));
+            }
+            attributes.push(("skiff.listener", Value::Str(req.listener.into())));
+            SpanData {
+                trace_id,
+                span_id: ctx.span_id,
+                parent_span_id: parent.as_ref().map(|p| p.ctx.span_id),
+                trace_state: trace_state
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                name: Cow::Owned(req.method.as_str().to_owned()),
+                kind: SpanKind::Server,
+                start_unix_nanos: unix_nanos(SystemTime::now()),
+                end_unix_nanos: 0,
+                attributes,
+                error: false,
+            }
+        });
+        ServerSpan {
+            ctx,
+            parent,
+            trace_state,
+            data,
+            start: Instant::now(),
+        }
+    }
+
+    /// Opens the span of one attempt towards `endpoint` and writes its context into the
+    /// upstream request's headers (W3C always; B3 in the format the caller used).
+    pub(crate) fn client_span(
+        &self,
+        server: &ServerSpan,
+        headers: &mut HeaderMap,
+        method: &Method,
+        endpoint: SocketAddr,
+        target: &str,
+        attempt: u32,
+    ) -> ClientSpan {
+        let ctx = SpanContext {
+            trace_id: server.ctx.trace_id,
+            span_id: random_nonzero(&mut rand::rng()),
+            sampled: server.ctx.sampled,
+        };
+        inject(
+            headers,
+            &ctx,
+            server.ctx.span_id,
+            server.parent.as_ref().map_or(B3Format::None, |p| p.b3),
+        );
+        let data = self.recording(ctx.sampled).then(|| {
+            let mut attributes = Vec::with_capacity(10);
+            request_attributes(&mut attributes, method);
+            attributes.push((
+                "server.address",
+                Value::Str(endpoint.ip().to_string().into()),
+            ));
+            attributes.push(("server.port", Value::Int(i64::from(endpoint.port()))));
+            attributes.push((
+                "network.peer.address",
+                Value::Str(endpoint.ip().to_string().into()),
+            ));
+            attributes.push(("network.peer.port", Value::Int(i64::from(endpoint.port()))));
+            attributes.push(("skiff.target", Value::Str(target.to_owned().into())));
+            attributes.push(("skiff.endpoint", Value::Str(endpoint.to_string().into())));
+            attributes.push(("skiff.attempt", Value::Int(i64::from(attempt))));
+            SpanData {
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+                parent_span_id: Some(server.ctx.span_id),
+                trace_state: server
+                    .trace_state
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                name: Cow::Owned(method.as_str().to_owned()),
+                kind: SpanKind::Client,
+                start_unix_nanos: unix_nanos(SystemTime::now()),
+                end_unix_nanos: 0,
+                attributes,
+                error: false,
+            }
+        });
+        ClientSpan {
+            data,
+            start: Instant::now(),
+        }
+    }
+
+    /// Closes an attempt's span with the upstream's status, or the error kind.
+    pub(crate) fn end_client(&self, span: ClientSpan, outcome: Result<u16, &'static str>) {
+        let Some(mut data) = span.data else { return };
+        end(&mut data, span.start, outcome);
+        self.submit(data);
+    }
+
+    /// Closes the request's span with the status sent downstream and what it was for.
+    pub(crate) fn end_server(
+        &self,
+        span: ServerSpan,
+        status: u16,
+        error: Option<&'static str>,
+        target: Option<&str>,
+    ) {
+        let Some(mut data) = span.data else { return };
+        if let Some(target) = target {
+            data.attributes
+                .push(("skiff.target", Value::Str(target.to_owned().into())));
+        }
+        if let Some(e) = error {
+            data.attributes.push(("error.type", Value::Str(e.into())));
+        }
+        end(&mut data, span.start, Ok(status));
+        self.submit(data);
+    }
+
+    /// Hands a span to the exporter without waiting; counts it dropped when the queue is full.
+    fn submit(&self, span: SpanData) {
+        let Some(export) = &self.export else { return };
+        if export.tx.try_send(Msg::Span(span)).is_err() {
+            export.dropped.inc();
+        }
+    }
+
+    /// Waits (at most `timeout`) until every span queued so far was exported or dropped.
+    pub(crate) async fn flush(&self, timeout: Duration) {
+        let Some(export) = &self.export else { return };
+        let (tx, rx) = oneshot::channel();
+        let flush = async {
+            if export.tx.send(Msg::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, flush).await;
+    }
+}
+
+// === impl ServerSpan ===
+
+impl ServerSpan {
+    /// The span will be exported (sampled, with an exporter).
+    pub(crate) fn is_recording(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+fn end(data: &mut SpanData, start: Instant, outcome: Result<u16, &'static str>) {
+    data.end_unix_nanos = data
+        .start_unix_nanos
+        .saturating_add(start.elapsed().as_nanos() as u64);
+    match outcome {
+        Ok(status) => {
+            data.attributes
+                .push(("http.response.status_code", Value::Int(i64::from(status))));
+            // Server spans: 5xx is an error; client spans: 4xx too (semantic conventions).
+            let limit = if data.kind == SpanKind::Server {
+                500
+            } else {
+                400
+            };
+            if status >= limit {
+                data.error = true;
+                if !data.attributes.iter().any(|(k, _)| *k == "error.type") {
+                    data.attributes
+                        .push(("error.type", Value::Str(status.to_string().into())));
+                }
+            }
+        }
+        Err(kind) => {
+            data.error = true;
+            data.attributes
+                .push(("error.type", Value::Str(kind.into())));
+        }
+    }
+}
+
+fn request_attributes(attributes: &mut Vec<(&'static str, Value)>, method: &Method) {
+    let known = matches!(
+        *method,
+        Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::HEAD
+            | Method::OPTIONS
+            | Method::PATCH
+            | Method::TRACE
+            | Method::CONNECT
+    );
+    if known {
+        attributes.push((
+            "http.request.method",
+            Value::Str(method.as_str().to_owned().into()),
+        ));
+    } else {
+        attributes.push(("http.request.method", Value::Str("_OTHER".into())));
+        attributes.push((
+            "http.request.method_original",
+            Value::Str(method.as_str().to_owned().into()),
+        ));
+    }
+}
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// What the server span records of a request.
+pub(crate) struct RequestInfo<'a> {
+    pub(crate) listener: &'static str,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) authority: Option<&'a str>,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) version: Version,
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+fn random_nonzero<const N: usize>(rng: &mut impl Rng) -> [u8; N] {
+    loop {
+        let mut id = [0u8; N];
+        rng.fill(&mut id[..]);
+        if id != [0u8; N] {
+            return id;
+        }
+    }
+}
+
+// === propagation ===
+
+/// The caller's context: W3C `traceparent` first, then B3 single (`b3`), then `X-B3-*`.
+fn extract(headers: &HeaderMap) -> Option<Parent> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ctx) = text("traceparent").and_then(parse_traceparent) {
+        return Some(Parent {
+            ctx,
+            b3: if headers.contains_key("b3") {
+                B3Format::Single
+            } else if headers.contains_key("x-b3-traceid") {
+                B3Format::Multi
+            } else {
+                B3Format::None
+            },
+        });
+    }
+    if let Some(ctx) = text("b3").and_then(parse_b3_single) {
+        return Some(Parent {
+            ctx,
+            b3: B3Format::Single,
+        });
+    }
+    let trace_id = parse_trace_id(text("x-b3-traceid")?)?;
+    let span_id = parse_hex::<8>(text("x-b3-spanid")?)?;
+    let sampled = match text("x-b3-sampled") {
+        Some(s) => s == "1" || s.eq_ignore_ascii_case("true"),
+        None => text("x-b3-flags") == Some("1") || text("x-b3-flags").is_none(),
+    };
+    Some(Parent {
+        ctx: SpanContext {
+            trace_id,
+            span_id,
+            sampled,
+        },
+        b3: B3Format::Multi,
+    })
+}
+
+/// Writes `ctx` (child of `parent_span`) as `traceparent`, and as B3 when the caller used B3.
+fn inject(headers: &mut HeaderMap, ctx: &SpanContext, parent_span: [u8; 8], b3: B3Format) {
+    let put = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put(headers, "traceparent", traceparent(ctx));
+    let sampled = if ctx.sampled { "1" } else { "0" };
+    match b3 {
+        B3Format::None => {}
+        B3Format::Single => put(
+            headers,
+            "b3",
+            format!(
+                "{}-{}-{sampled}-{}",
+                hex(&ctx.trace_id),
+                hex(&ctx.span_id),
+                hex(&parent_span)
+            ),
+        ),
+        B3Format::Multi => {
+            put(headers, "x-b3-traceid", hex(&ctx.trace_id));
+            put(headers, "x-b3-spanid", hex(&ctx.span_id));
+            put(headers, "x-b3-parentspanid", hex(&parent_span));
+            put(headers, "x-b3-sampled", sampled.to_owned());
+            headers.remove("x-b3-flags");
+        }
+    }
+}
+
+pub(crate) fn traceparent(ctx: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{}",
+        hex(&ctx.trace_id),
+        hex(&ctx.span_id),
+        if ctx.sampled { "01" } else { "00" }
+    )
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` with non-zero ids (later versions: the same prefix).
+fn parse_traceparent(v: &str) -> Option<SpanContext> {
+    let v = v.trim();
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let version = u8::from_str_radix(version, 16)
+        .ok()
+        .filter(|_| version.len() == 2)?;
+    if version == 0xff || (version == 0 && parts.next().is_some()) || flags.len() != 2 {
+        return None;
+    }
+    let trace_id = parse_trace_id(trace).filter(|_| trace.len() == 32)?;
+    let span_id = parse_hex::<8>(parent)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(SpanContext {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
+}
+
+/// `{trace}-{span}[-{sampling}[-{parent}]]`; a lone sampling state (`0`, `d`) carries no context.
+fn parse_b3_single(v: &str) -> Option<SpanContext> {
+    let mut parts = v.trim().split('-');
+    let trace_id = parse_trace_id(parts.next()?)?;
+    let span_id = parse_hex::<8>(parts.next()?)?;
+    let sampled = !matches!(parts.next(), Some("0"));
+    Some(SpanContext {
+        trace_id,
+        span_id,
+        sampled,
+    })
+}
+
+/// 32 hex digits, or B3's 16 (left-padded with zeros); never all zero.
+fn parse_trace_id(s: &str) -> Option<[u8; 16]> {
+    match s.len() {
+        32 => parse_hex::<16>(s),
+        16 => {
+            let low = parse_hex::<8>(s)?;
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&low);
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
+/// Exactly `2 * N` hex digits, not all zero.
+fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    (out != [0u8; N]).then_some(out)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

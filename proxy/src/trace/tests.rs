@@ -1,0 +1,360 @@
+//! Unit tests of context propagation, sampling, settings and OTLP encoding.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use prost::Message as _;
+
+use super::*;
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+fn request<'a>(h: &'a HeaderMap) -> RequestInfo<'a> {
+    RequestInfo {
+        listener: "outbound",
+        headers: h,
+        method: &Method::GET,
+        path: "/orders",
+        query: Some("id=7"),
+        authority: Some("orders:8080"),
+        peer: Some("127.0.0.1:5555".parse().unwrap()),
+        version: Version::HTTP_11,
+    }
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN: &str = "00f067aa0ba902b7";
+
+#[test]
+fn w3c_context_is_continued_with_child_spans() {
+    let tracer = Tracer::disabled();
+    let h = headers(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+        ("tracestate", "vendor=x"),
+    ]);
+    let server = tracer.server_span(&request(&h));
+    assert_eq!(hex(&server.ctx.trace_id), TRACE);
+    assert_ne!(hex(&server.ctx.span_id), SPAN);
+    assert!(server.ctx.sampled);
+    let mut up = h.clone();
+    let addr = "127.0.0.1:1".parse().unwrap();
+    let _c = tracer.client_span(&server, &mut up, &Method::GET, addr, "orders", 1);
+    let tp = up["traceparent"].to_str().unwrap();
+    assert!(
+        tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-01"),
+        "{tp}"
+    );
+    assert!(
+        !tp.contains(SPAN) && !tp.contains(&hex(&server.ctx.span_id)),
+        "{tp}"
+    );
+    assert_eq!(up["tracestate"], "vendor=x");
+    assert!(!up.contains_key("b3"));
+}
+
+#[test]
+fn an_unsampled_parent_stays_unsampled() {
+    let tracer = Tracer::disabled();
+    let h = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-00"))]);
+    let server = tracer.server_span(&request(&h));
+    assert!(!server.ctx.sampled);
+    let mut up = HeaderMap::new();
+    let _c = tracer.client_span(
+        &server,
+        &mut up,
+        &Method::GET,
+        "127.0.0.1:1".parse().unwrap(),
+        "orders",
+        1,
+    );
+    assert!(up["traceparent"].to_str().unwrap().ends_with("-00"));
+}
+
+#[test]
+fn invalid_or_missing_context_starts_a_trace() {
+    for bad in [
+        "",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "zz-1-2-3",
+    ] {
+        let h = if bad.is_empty() {
+            HeaderMap::new()
+        } else {
+            headers(&[("traceparent", bad)])
+        };
+        assert_eq!(extract(&h), None, "{bad}");
+        let server = Tracer::disabled().server_span(&request(&h));
+        assert_ne!(server.ctx.trace_id, [0; 16]);
+        assert!(server.ctx.sampled, "always on without a parent");
+    }
+}
+
+#[test]
+fn b3_single_and_multi_are_read_and_written_back() {
+    let single = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
+    let p = extract(&single).unwrap();
+    assert_eq!(
+        (hex(&p.ctx.trace_id), hex(&p.ctx.span_id)),
+        (TRACE.into(), SPAN.into())
+    );
+    assert_eq!(p.b3, B3Format::Single);
+    let short = headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}-0"))]);
+    let p = extract(&short).unwrap();
+    assert_eq!(hex(&p.ctx.trace_id), "0000000000000000a3ce929d0e0e4736");
+    assert!(!p.ctx.sampled);
+    assert_eq!(
+        extract(&headers(&[("b3", "0")])),
+        None,
+        "sampling state only"
+    );
+
+    let multi = headers(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "1"),
+    ]);
+    let tracer = Tracer::disabled();
+    let server = tracer.server_span(&request(&multi));
+    assert_eq!(hex(&server.ctx.trace_id), TRACE);
+    let mut up = multi.clone();
+    let _c = tracer.client_span(
+        &server,
+        &mut up,
+        &Method::GET,
+        "127.0.0.1:1".parse().unwrap(),
+        "orders",
+        1,
+    );
+    assert_eq!(up["x-b3-traceid"], TRACE);
+    assert_eq!(up["x-b3-parentspanid"], hex(&server.ctx.span_id).as_str());
+    assert_ne!(up["x-b3-spanid"], SPAN);
+    assert!(up["traceparent"].to_str().unwrap().contains(TRACE));
+
+    let server = tracer.server_span(&request(&single));
+    let mut up = single.clone();
+    let _c = tracer.client_span(
+        &server,
+        &mut up,
+        &Method::GET,
+        "127.0.0.1:1".parse().unwrap(),
+        "orders",
+        1,
+    );
+    let b3 = up["b3"].to_str().unwrap();
+    assert!(
+        b3.starts_with(TRACE) && b3.ends_with(&hex(&server.ctx.span_id)),
+        "{b3}"
+    );
+}
+
+#[test]
+fn ratio_sampling_is_deterministic_per_trace() {
+    let s = Sampler {
+        parent_based: true,
+        ratio: 0.25,
+    };
+    let mut rng = rand::rng();
+    let mut sampled = 0;
+    for _ in 0..4000 {
+        let id: [u8; 16] = random_nonzero(&mut rng);
+        let first = s.sample(None, &id);
+        assert_eq!(first, s.sample(None, &id));
+        sampled += usize::from(first);
+    }
+    assert!((700..1300).contains(&sampled), "{sampled} of 4000 at 25%");
+    let parent = SpanContext {
+        trace_id: [1; 16],
+        span_id: [1; 8],
+        sampled: true,
+    };
+    assert!(s.sample(Some(&parent), &[0xff; 16]), "parent-based");
+    let root_only = Sampler {
+        parent_based: false,
+        ratio: 0.0,
+    };
+    assert!(!root_only.sample(Some(&parent), &[1; 16]));
+}
+
+fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn settings_follow_otel_variables_over_skiff_settings() {
+    let s = TraceSettings::from_vars(vars(&[]), None, 0.5).unwrap();
+    assert_eq!(s.export, None);
+    assert_eq!(
+        s.sampler,
+        Sampler {
+            parent_based: true,
+            ratio: 0.5
+        }
+    );
+
+    let s = TraceSettings::from_vars(vars(&[]), Some("http://127.0.0.1:4318"), 1.0).unwrap();
+    let e = s.export.unwrap();
+    assert_eq!(e.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(e.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(e.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+
+    let s = TraceSettings::from_vars(
+        vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("OTEL_SERVICE_NAME", "frontend"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=dev, team = web",
+            ),
+        ]),
+        Some("http://ignored:4318"),
+        1.0,
+    )
+    .unwrap();
+    let e = s.export.unwrap();
+    assert_eq!(e.endpoint, "http://collector:4317/");
+    assert_eq!(e.protocol, OtlpProtocol::Grpc);
+    assert_eq!(e.interval, Duration::from_millis(100));
+    assert_eq!(s.service_name, "frontend");
+    assert_eq!(
+        s.resource,
+        [
+            ("deployment.environment".to_owned(), "dev".to_owned()),
+            ("team".to_owned(), "web".to_owned())
+        ]
+    );
+    assert_eq!(
+        s.sampler,
+        Sampler {
+            parent_based: true,
+            ratio: 0.1
+        }
+    );
+
+    let s = TraceSettings::from_vars(
+        vars(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ]),
+        None,
+        1.0,
+    )
+    .unwrap();
+    assert_eq!(s.export.unwrap().endpoint, "http://c:4318/custom");
+    assert_eq!(
+        s.sampler,
+        Sampler {
+            parent_based: false,
+            ratio: 0.0
+        }
+    );
+
+    let off = TraceSettings::from_vars(
+        vars(&[("OTEL_SDK_DISABLED", "true")]),
+        Some("http://c:4318"),
+        1.0,
+    )
+    .unwrap();
+    assert_eq!(off.export, None);
+
+    for bad in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+    ] {
+        let err = TraceSettings::from_vars(vars(&[bad]), Some("http://c:4318"), 1.0).unwrap_err();
+        assert!(err.to_string().contains(bad.0), "{err}");
+    }
+}
+
+#[test]
+fn otlp_encoding_decodes_with_the_official_types() {
+    let span = SpanData {
+        trace_id: [0xab; 16],
+        span_id: [0xcd; 8],
+        parent_span_id: Some([0xef; 8]),
+        trace_state: Some("vendor=x".into()),
+        name: "GET".into(),
+        kind: SpanKind::Client,
+        start_unix_nanos: 1_700_000_000_000_000_000,
+        end_unix_nanos: 1_700_000_000_500_000_000,
+        attributes: vec![
+            ("http.request.method", Value::Str("GET".into())),
+            ("skiff.attempt", Value::Int(2)),
+            ("http.response.status_code", Value::Int(503)),
+        ],
+        error: true,
+    };
+    let root = SpanData {
+        parent_span_id: None,
+        trace_state: None,
+        kind: SpanKind::Server,
+        error: false,
+        attributes: vec![],
+        ..span.clone()
+    };
+    let resource = [("service.name".to_owned(), "orders".to_owned())];
+    let bytes = otlp::encode_request(&resource, &[span, root]);
+    let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+    assert_eq!(req.resource_spans.len(), 1);
+    let rs = &req.resource_spans[0];
+    let resource = rs.resource.as_ref().unwrap();
+    let service = resource
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .unwrap();
+    assert_eq!(
+        service.value.as_ref().unwrap().value,
+        Some(any_value::Value::StringValue("orders".into()))
+    );
+    let spans = &rs.scope_spans[0].spans;
+    assert_eq!(
+        rs.scope_spans[0].scope.as_ref().unwrap().name,
+        "skiff-proxy"
+    );
+    assert_eq!(spans.len(), 2);
+    let s = &spans[0];
+    assert_eq!(s.trace_id, vec![0xab; 16]);
+    assert_eq!(s.span_id, vec![0xcd; 8]);
+    assert_eq!(s.parent_span_id, vec![0xef; 8]);
+    assert_eq!(s.trace_state, "vendor=x");
+    assert_eq!(s.name, "GET");
+    assert_eq!(s.kind, 3);
+    assert_eq!(s.start_time_unix_nano, 1_700_000_000_000_000_000);
+    assert_eq!(s.end_time_unix_nano, 1_700_000_000_500_000_000);
+    assert_eq!(s.flags, 1);
+    assert_eq!(s.status.as_ref().unwrap().code, 2);
+    let attempt = s
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "skiff.attempt")
+        .unwrap();
+    assert_eq!(
+        attempt.value.as_ref().unwrap().value,
+        Some(any_value::Value::IntValue(2))
+    );
+    assert_eq!(s.attributes.len(), 3);
+    assert_eq!(spans[1].kind, 2);
+    assert!(spans[1].parent_span_id.is_empty());
+    assert!(spans[1].status.is_none());
+}
