@@ -1,4 +1,8 @@
 //! Every log router metric handle, registered once into the registry the composition root passes in.
+//!
+//! Core counters shared in meaning with the proxy and the registry (see `docs/metrics.md`):
+//! received `skiff_logrouter_input_records_total`, sent `skiff_logrouter_output_records_total`,
+//! errors `skiff_logrouter_output_errors_total`, discarded `skiff_logrouter_*_dropped_records_total`.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -49,6 +53,15 @@ fn gauge_vec(
 
 impl Metrics {
     pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "skiff_logrouter_build_info",
+                "Always 1; the skiff version in a label",
+            ),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build))?;
         let buffer_bytes = IntGauge::new(
             "skiff_logrouter_buffer_bytes",
             "bytes held in buffer segments",

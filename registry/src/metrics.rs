@@ -1,4 +1,8 @@
 //! Every Prometheus handle of the registry, registered once into the process registry.
+//!
+//! Names and their ECS/Cloud Map meaning are listed in `docs/metrics.md`; the registry's core
+//! counters (received: `skiff_registry_api_requests_total`, errors: its `outcome` label and
+//! `skiff_registry_http_rejected_total`) line up with the proxy's and the log router's.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -103,6 +107,22 @@ impl Metrics {
             m.dns_queries.with_label_values(&["AAAA", "NOERROR"]),
             m.dns_queries.with_label_values(&["SRV", "NOERROR"]),
         ];
+        // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
+        for to in ["HEALTHY", "UNHEALTHY", "UNKNOWN"] {
+            m.health_transitions.with_label_values(&[to]);
+        }
+        for reason in ["not_found", "unknown_operation", "body_too_large"] {
+            m.http_rejected.with_label_values(&[reason]);
+        }
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "skiff_registry_build_info",
+                "Always 1; the skiff version in a label",
+            ),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build))?;
         registry.register(Box::new(m.api_requests.clone()))?;
         registry.register(Box::new(m.api_latency.clone()))?;
         registry.register(Box::new(m.instances.clone()))?;
