@@ -511,6 +511,9 @@ fn instance_attributes(
         put(attrs::ECS_TASK_DEFINITION_FAMILY, opts.task_family.clone());
     }
     put(attrs::ECS_TASK_ARN, task_arn(opts));
+    let region = region();
+    put(attrs::AVAILABILITY_ZONE, format!("{region}a"));
+    put(attrs::REGION, region);
     let aliases: Vec<String> = entry.client_aliases.iter().map(|a| a.to_string()).collect();
     put(attrs::SKIFF_CLIENT_ALIASES, aliases.join(","));
     put(
@@ -526,12 +529,21 @@ fn instance_attributes(
     a
 }
 
-/// The task's ARN as Skiff registers it.
+/// The task's ARN as Skiff registers it (the runner gives tasks the same one).
 fn task_arn(opts: &SidecarOptions) -> String {
     format!(
-        "arn:aws:ecs:local:000000000000:task/{}/{}",
-        opts.cluster, opts.task_id
+        "arn:aws:ecs:{}:000000000000:task/{}/{}",
+        region(),
+        opts.cluster,
+        opts.task_id
     )
+}
+
+/// The AWS region Skiff pretends to be in: `AWS_REGION`, `AWS_DEFAULT_REGION`, else us-east-1.
+fn region() -> String {
+    std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "us-east-1".to_owned())
 }
 
 /// How the sidecar knows the app is healthy.

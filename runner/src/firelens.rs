@@ -107,6 +107,63 @@ pub async fn start(
         .map_err(|e| e.to_string())
 }
 
+/// The Cloud Map service log routers register in, so Prometheus finds them through the
+/// registry's HTTP service discovery as it finds sidecars.
+pub const REGISTRY_SERVICE: &str = "skiff-logrouter";
+/// The namespace for tasks without Service Connect.
+pub const DEFAULT_NAMESPACE: &str = "skiff.local";
+
+/// A log router's registration, removed when its task stops.
+pub struct Registration {
+    client: skiff_registry_client::Client,
+    service_id: String,
+    instance_id: String,
+}
+
+/// Registers the task's log router (its metrics address as `SKIFF_ADMIN_ADDR`).
+pub async fn register(
+    registry_url: &str,
+    namespace: &str,
+    instance_id: &str,
+    metrics_addr: std::net::SocketAddr,
+    mut attributes: BTreeMap<String, String>,
+) -> Result<Registration, skiff_registry_client::ClientError> {
+    use skiff_registry_client::attrs;
+    let client = skiff_registry_client::Client::new(registry_url)?;
+    let ns = client.ensure_http_namespace(namespace).await?;
+    let service_id = client.ensure_service(&ns, REGISTRY_SERVICE).await?;
+    attributes.insert(
+        attrs::AWS_INSTANCE_IPV4.into(),
+        metrics_addr.ip().to_string(),
+    );
+    attributes.insert(
+        attrs::AWS_INSTANCE_PORT.into(),
+        metrics_addr.port().to_string(),
+    );
+    attributes.insert(attrs::SKIFF_ADMIN_ADDR.into(), metrics_addr.to_string());
+    attributes.insert(attrs::SKIFF_COMPONENT.into(), "logrouter".into());
+    client
+        .register_instance(&service_id, instance_id, attributes)
+        .await?;
+    Ok(Registration {
+        client,
+        service_id,
+        instance_id: instance_id.to_owned(),
+    })
+}
+
+impl Registration {
+    pub async fn deregister(self) {
+        if let Err(e) = self
+            .client
+            .deregister_instance(&self.service_id, &self.instance_id)
+            .await
+        {
+            tracing::warn!(error = %e, "log router deregistration failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,8 +118,11 @@ impl TaskHandle {
     /// Starts a task of `service` at `ip`; returns at once, the task runs in the background.
     pub fn start(ctx: TaskContext, service: Arc<ServicePlan>, ip: Ipv4Addr) -> TaskHandle {
         let id = new_task_id();
+        let region = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|_| "us-east-1".to_owned());
         let arn = format!(
-            "arn:aws:ecs:us-east-1:000000000000:task/{}/{id}",
+            "arn:aws:ecs:{region}:000000000000:task/{}/{id}",
             service.cluster
         );
         let (info_tx, info) = watch::channel(TaskInfo {
@@ -277,6 +280,7 @@ async fn run(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     )> = None;
+    let mut log_router_registration: Option<firelens::Registration> = None;
     if let Some(fl) = &service.firelens {
         let outputs: Vec<(String, BTreeMap<String, String>)> = service
             .containers
@@ -291,6 +295,28 @@ async fn run(
         };
         match firelens::start(fl, &outputs, &id, ip, &task_dir, metadata).await {
             Ok(router) => {
+                if let Some(addr) = router.metrics_addr() {
+                    use skiff_registry_client::attrs;
+                    let a = BTreeMap::from([
+                        (attrs::ECS_CLUSTER_NAME.to_owned(), service.cluster.clone()),
+                        (attrs::ECS_SERVICE_NAME.to_owned(), service.name.clone()),
+                        (
+                            attrs::ECS_TASK_DEFINITION_FAMILY.to_owned(),
+                            service.family.clone(),
+                        ),
+                        (attrs::ECS_TASK_ARN.to_owned(), info.borrow().arn.clone()),
+                    ]);
+                    let ns = service
+                        .namespace
+                        .as_deref()
+                        .unwrap_or(firelens::DEFAULT_NAMESPACE);
+                    match firelens::register(&ctx.registry_url, ns, &id, addr, a).await {
+                        Ok(r) => log_router_registration = Some(r),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "log router not registered for scraping")
+                        }
+                    }
+                }
                 let handle = router.handle();
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
                 let join = tokio::spawn(async move {
@@ -418,6 +444,9 @@ async fn run(
         }
     }
     // The log router goes last, so it carries every line the containers wrote.
+    if let Some(r) = log_router_registration.take() {
+        r.deregister().await;
+    }
     if let Some((_, stop, join)) = log_router.take() {
         let _ = stop.send(());
         let _ = join.await;

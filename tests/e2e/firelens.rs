@@ -55,5 +55,18 @@ fn serial_awsfirelens_logs_reach_the_output_with_ecs_metadata() {
         "{line}"
     );
     assert_eq!(r["ecs_task_definition"], "web:1", "{line}");
+    // The log router is discoverable for Prometheus, like every sidecar, and serves metrics.
+    let (_, targets) = get("127.0.0.1:7070", "/v1/prometheus/targets").expect("targets");
+    let targets: serde_json::Value = serde_json::from_str(&targets).expect("http_sd json");
+    let router = targets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["labels"]["component"] == "logrouter")
+        .unwrap_or_else(|| panic!("no log router in {targets}"));
+    let addr = router["targets"][0].as_str().expect("target address");
+    let (status, metrics) = get(addr, "/metrics").expect("log router /metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("skiff_logrouter_"), "{metrics}");
     drop(up);
 }

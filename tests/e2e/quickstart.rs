@@ -253,6 +253,29 @@ fn quickstart_end_to_end(mode: &str) {
         "{ps}"
     );
 
+    // Every process of every task, to check that Ctrl-C leaves none behind.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(up.state_dir.path().join("state.json")).expect("state"),
+    )
+    .expect("state json");
+    let mut pids = Vec::new();
+    for svc in state["services"].as_array().into_iter().flatten() {
+        for t in svc["tasks"].as_array().into_iter().flatten() {
+            pids.extend(t["sidecar_pid"].as_u64());
+            pids.extend(
+                t["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["pid"].as_u64()),
+            );
+        }
+    }
+    assert!(
+        pids.len() >= 14,
+        "7 tasks, each a sidecar and an app: {pids:?}"
+    );
+
     let started = Instant::now();
     let status = up.interrupt();
     assert!(
