@@ -10,6 +10,11 @@
 //! and peak RSS (VmHWM). The table compares every row with the direct and
 //! HAProxy rows. Everything started is stopped by PID; the run is bounded by a
 //! time budget.
+//!
+//! The sidecar runs twice: with telemetry off (Prometheus metrics only, as in
+//! the proxy issue's targets) and with full telemetry (every span exported to an
+//! OTLP sink of ours, JSON access log on), so `telemetry.rs` can show what
+//! tracing costs against the telemetry issue's bound.
 
 pub mod harness;
 pub mod logrouter;
@@ -17,6 +22,7 @@ pub mod peers;
 pub mod process;
 pub mod registry;
 pub mod table;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,11 +36,12 @@ use crate::LoadtestError;
 use crate::http_client;
 use crate::load::{LatencySummary, LoadOptions, Report, run};
 use process::{Managed, ProcStats};
+use telemetry::{OtlpSink, TelemetryFigures};
 
 /// Default time budget of a whole benchmark.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(120);
 /// Time budget with `--quick`.
-pub const QUICK_BUDGET: Duration = Duration::from_secs(30);
+pub const QUICK_BUDGET: Duration = Duration::from_secs(40);
 /// How long a peer gets to answer its first 200.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -54,7 +61,18 @@ pub enum Peer {
     Direct,
     Haproxy,
     Nginx,
+    /// Telemetry off: Prometheus metrics only, no trace export, no access log.
     Sidecar,
+    /// Full telemetry: 100 % of spans exported over OTLP to the benchmark's sink, JSON access log.
+    SidecarTraced,
+}
+
+// === impl Peer ===
+
+impl Peer {
+    fn is_sidecar(self) -> bool {
+        matches!(self, Peer::Sidecar | Peer::SidecarTraced)
+    }
 }
 
 /// How to run the benchmark.
@@ -95,7 +113,13 @@ impl BenchOptions {
     /// The full run: ≤ 2 minutes.
     pub fn standard() -> BenchOptions {
         BenchOptions {
-            peers: vec![Peer::Direct, Peer::Haproxy, Peer::Nginx, Peer::Sidecar],
+            peers: vec![
+                Peer::Direct,
+                Peer::Haproxy,
+                Peer::Nginx,
+                Peer::Sidecar,
+                Peer::SidecarTraced,
+            ],
             origin: Origin::Command(peers::default_origin_command()),
             sidecar_command: peers::default_sidecar_command(),
             registry_url: None,
@@ -114,7 +138,7 @@ impl BenchOptions {
         }
     }
 
-    /// `--quick`: ≤ 30 s.
+    /// `--quick`: ≤ 40 s (five rows of about 6 s each, with room for a slow start).
     pub fn quick() -> BenchOptions {
         BenchOptions {
             warmup: Duration::from_millis(300),
@@ -164,6 +188,10 @@ pub struct BenchRow {
     pub cpu_busy_percent: Option<f64>,
     pub latency: Option<LatencySummary>,
     pub new_upstream_connections_per_1000: Option<f64>,
+    /// Sidecar rows: the loopback address it bound (see [`peers::sidecar_bind_ip`]).
+    pub bind_ip: Option<std::net::Ipv4Addr>,
+    /// Sidecar rows: span counters and what the OTLP sink received.
+    pub telemetry: Option<TelemetryFigures>,
 }
 
 /// Runs the comparison described by `opts`.
@@ -231,6 +259,15 @@ pub async fn bench_proxy(opts: BenchOptions) -> Result<BenchReport, LoadtestErro
         rows.push(row);
     }
     origin.stop().await;
+    for row in &rows {
+        if let Some(ip) = row.bind_ip.filter(|ip| *ip != peers::SIDECAR_BIND_IP) {
+            notes.push(format!(
+                "{}: bound {ip}, {}'s ports being taken by another process",
+                row.peer,
+                peers::SIDECAR_BIND_IP
+            ));
+        }
+    }
     Ok(BenchReport {
         rows,
         notes,
@@ -260,6 +297,7 @@ fn peer_name(peer: Peer) -> &'static str {
         Peer::Haproxy => "HAProxy",
         Peer::Nginx => "nginx",
         Peer::Sidecar => "skiff sidecar",
+        Peer::SidecarTraced => "skiff sidecar + traces",
     }
 }
 
@@ -462,6 +500,7 @@ struct Context<'a> {
 }
 
 struct Phases {
+    warmup_responses: u64,
     max: Report,
     rate: Report,
     cpu: Option<(u64, f64)>,
@@ -488,10 +527,25 @@ impl Context<'_> {
             }
             return row;
         }
-        let mut child = match self.start_peer(peer, &mut row) {
+        // The traced row's collector, on the load generator's core.
+        let sink = if peer == Peer::SidecarTraced {
+            match OtlpSink::start(self.load_cpu) {
+                Ok(sink) => Some(sink),
+                Err(error) => {
+                    row.skipped = Some(format!("otlp sink: {error}"));
+                    return row;
+                }
+            }
+        } else {
+            None
+        };
+        let mut child = match self.start_peer(peer, &mut row, sink.as_ref().map(|s| s.addr)) {
             Ok(child) => child,
             Err(reason) => {
                 row.skipped = Some(reason);
+                if let Some(sink) = sink {
+                    sink.stop().await;
+                }
                 return row;
             }
         };
@@ -499,17 +553,27 @@ impl Context<'_> {
         match wait_for_200(&mut child.0, &listen_url).await {
             Ok(first) => row.first_200_ms = Some(first.as_secs_f64() * 1000.0),
             Err(reason) => {
-                row.skipped = Some(match peer {
-                    Peer::Sidecar => format!("sidecar not available: {reason}"),
-                    _ => reason,
+                row.skipped = Some(if peer.is_sidecar() {
+                    format!("sidecar not available: {reason}")
+                } else {
+                    reason
                 });
                 child.0.stop().await;
+                if let Some(sink) = sink {
+                    sink.stop().await;
+                }
                 return row;
             }
         }
         row.idle_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
         match self.phases(&listen_url, Some(&child.0)).await {
-            Ok(phases) => fill(&mut row, &phases, child.0.stats(), self.ticks_per_second),
+            Ok(phases) => {
+                fill(&mut row, &phases, child.0.stats(), self.ticks_per_second);
+                if peer.is_sidecar() {
+                    let ip = row.bind_ip.unwrap_or(peers::SIDECAR_BIND_IP);
+                    row.telemetry = Some(sidecar_telemetry(ip, &phases, sink.as_ref()).await);
+                }
+            }
             Err(error) => row.skipped = Some(error.to_string()),
         }
         if row.skipped.is_none() && self.opts.held_connections > 0 {
@@ -523,19 +587,42 @@ impl Context<'_> {
             row.after_close_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
         }
         child.0.stop().await;
+        if let Some(sink) = sink {
+            sink.stop().await;
+        }
         row
     }
 
     /// Writes the peer's configuration and starts it; the process and the URL to load.
-    fn start_peer(&self, peer: Peer, row: &mut BenchRow) -> Result<(Managed, String), String> {
+    /// `sink` is where the traced sidecar exports its spans.
+    fn start_peer(
+        &self,
+        peer: Peer,
+        row: &mut BenchRow,
+        sink: Option<SocketAddr>,
+    ) -> Result<(Managed, String), String> {
         let port = free_port().map_err(|e| e.to_string())?;
-        let ip = match peer {
-            Peer::Sidecar => peers::SIDECAR_BIND_IP,
-            _ => std::net::Ipv4Addr::LOCALHOST,
+        let ip = if peer.is_sidecar() {
+            let ip = peers::sidecar_bind_ip();
+            row.bind_ip = Some(ip);
+            ip
+        } else {
+            std::net::Ipv4Addr::LOCALHOST
         };
         let url = format!("http://{ip}:{port}{}", self.opts.path);
+        // The traced row's files live in a directory of their own, so that a sidecar command
+        // naming `{dir}/sidecar.service.json` finds the service with the access log on.
+        let dir = match peer {
+            Peer::SidecarTraced => {
+                let dir = self.dir.join("traced");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                dir
+            }
+            _ => self.dir.to_path_buf(),
+        };
         let write = |name: &str, text: String| -> Result<PathBuf, String> {
-            let path = self.dir.join(name);
+            let path = dir.join(name);
             std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
             Ok(path)
         };
@@ -567,15 +654,20 @@ impl Context<'_> {
                     config.display().to_string(),
                 ]
             }
-            Peer::Sidecar => {
+            Peer::Sidecar | Peer::SidecarTraced => {
                 write(
                     "sidecar.task.json",
                     peers::sidecar_task_definition(self.origin_port).to_string(),
                 )?;
-                write(
-                    "sidecar.service.json",
-                    peers::sidecar_service(port).to_string(),
-                )?;
+                let (service, env) = match (peer, sink) {
+                    (Peer::SidecarTraced, Some(sink)) => (
+                        peers::sidecar_service_with_access_log(port),
+                        peers::traced_env(sink),
+                    ),
+                    (Peer::SidecarTraced, None) => return Err("no otlp sink".into()),
+                    _ => (peers::sidecar_service(port), Vec::new()),
+                };
+                write("sidecar.service.json", service.to_string())?;
                 let registry_url = match &self.opts.registry_url {
                     Some(url) => url.clone(),
                     None => format!(
@@ -585,25 +677,29 @@ impl Context<'_> {
                 };
                 let vars = BTreeMap::from([
                     ("exe", self.exe.clone()),
-                    ("dir", self.dir.display().to_string()),
+                    ("dir", dir.display().to_string()),
                     ("origin_port", self.origin_port.to_string()),
                     ("listen_port", port.to_string()),
                     ("registry_url", registry_url),
                     ("bind_ip", ip.to_string()),
                 ]);
-                peers::expand(&self.opts.sidecar_command, &vars)
+                // Its access log goes to stdout, which `Managed` sends to /dev/null.
+                peers::with_env(&peers::expand(&self.opts.sidecar_command, &vars), &env)
             }
         };
         let name = match peer {
             Peer::Haproxy => "haproxy",
             Peer::Nginx => "nginx",
+            Peer::SidecarTraced => "sidecar-traced",
             _ => "sidecar",
         };
-        let child =
-            Managed::spawn(name, &argv, self.proxy_cpu, self.dir).map_err(|e| match peer {
-                Peer::Sidecar => format!("sidecar not available: {e}"),
-                _ => e.to_string(),
-            })?;
+        let child = Managed::spawn(name, &argv, self.proxy_cpu, self.dir).map_err(|e| {
+            if peer.is_sidecar() {
+                format!("sidecar not available: {e}")
+            } else {
+                e.to_string()
+            }
+        })?;
         Ok((child, url))
     }
 
@@ -611,7 +707,7 @@ impl Context<'_> {
         let opts = self.opts;
         let mut warmup = LoadOptions::max(url, opts.warmup);
         warmup.connections = opts.max_connections;
-        run_pinned(warmup, self.load_cpu).await?;
+        let warmup_responses = run_pinned(warmup, self.load_cpu).await?.responses;
 
         let mut max = LoadOptions::max(url, opts.max_duration);
         max.connections = opts.max_connections;
@@ -639,6 +735,7 @@ impl Context<'_> {
             (requests > 0).then(|| connections as f64 * 1000.0 / requests as f64)
         });
         Ok(Phases {
+            warmup_responses,
             max: max_report,
             rate: rate_report,
             cpu,
@@ -662,6 +759,31 @@ fn fill(row: &mut BenchRow, phases: &Phases, end: Option<ProcStats>, ticks_per_s
         if wall > 0.0 {
             row.cpu_busy_percent = Some(cpu_secs * 100.0 / wall);
         }
+    }
+}
+
+/// A sidecar row's span counters (its admin `/metrics`) and what the sink received, right
+/// after the phases.
+async fn sidecar_telemetry(
+    ip: std::net::Ipv4Addr,
+    phases: &Phases,
+    sink: Option<&OtlpSink>,
+) -> TelemetryFigures {
+    let url = format!("http://{ip}:{}/metrics", peers::SIDECAR_ADMIN_PORT);
+    let client = http_client::get_client(None, Duration::from_secs(1));
+    let metrics = match http_client::fetch(&client, &url, Duration::from_secs(2)).await {
+        Ok((status, body)) if status.is_success() => String::from_utf8_lossy(&body).into_owned(),
+        _ => String::new(),
+    };
+    let (spans_exported, spans_dropped) = telemetry::span_counters(&metrics);
+    let received = sink.map(|sink| sink.counts.snapshot());
+    TelemetryFigures {
+        traced: sink.is_some(),
+        requests: phases.warmup_responses + phases.max.responses + phases.rate.responses,
+        spans_exported,
+        spans_dropped,
+        otlp_requests: received.map(|(requests, _)| requests),
+        otlp_bytes: received.map(|(_, bytes)| bytes),
     }
 }
 

@@ -205,10 +205,12 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchProxyArgs {
-    /// Short phases; the whole run stays under 30 s.
+    /// Short phases; the whole run stays under 40 s.
     #[arg(long)]
     pub quick: bool,
-    /// Rows to run (comma-separated).
+    /// Rows to run (comma-separated); `sidecar` has telemetry off (metrics only),
+    /// `sidecar-traced` exports every span over OTLP and logs every request, and the two
+    /// are compared [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub peers: Option<Vec<Peer>>,
     /// Sidecar command line, whitespace-separated, with placeholders {exe} {dir} {origin_port}
@@ -611,6 +613,34 @@ mod tests {
             vec!["{exe}", "proxy", "--x", "{listen_port}"]
         );
         assert!(!opts.install_missing);
+    }
+
+    #[test]
+    fn the_telemetry_comparison_is_a_default_row_and_can_run_alone() {
+        let peers_of = |args: &[&str]| {
+            let Top::Loadtest(LoadtestArgs {
+                command:
+                    LoadtestCommand::Bench(BenchArgs {
+                        command: BenchCommand::Proxy(bench),
+                    }),
+            }) = parse(args).unwrap()
+            else {
+                panic!("not bench proxy");
+            };
+            bench.into_options().peers
+        };
+        let default = peers_of(&["loadtest", "bench", "proxy", "--quick"]);
+        assert!(default.contains(&Peer::Sidecar) && default.contains(&Peer::SidecarTraced));
+        assert_eq!(
+            peers_of(&[
+                "loadtest",
+                "bench",
+                "proxy",
+                "--peers",
+                "sidecar,sidecar-traced"
+            ]),
+            vec![Peer::Sidecar, Peer::SidecarTraced]
+        );
     }
 
     #[test]

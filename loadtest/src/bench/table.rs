@@ -102,6 +102,8 @@ impl BenchReport {
             );
         }
 
+        out.push_str(&super::telemetry::markdown(self));
+
         let skipped: Vec<&BenchRow> = self.rows.iter().filter(|r| r.skipped.is_some()).collect();
         if !skipped.is_empty() {
             out.push_str("\n### Not measured\n\n");
