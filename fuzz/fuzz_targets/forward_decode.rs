@@ -2,34 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skiff_logrouter::forward::decode::{Frame, Limits, decode_frame};
-use skiff_logrouter::msgpack::{Reader, write_json};
-use skiff_logrouter::pipeline::enrich;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits {
-        max_frame: 1 << 20,
-        max_decompressed: 1 << 20,
-        max_record: 1 << 16,
-    };
-    let mut rest = data;
-    // a stream of frames, as one connection would send them
-    while let Ok(Some((frame, used))) = decode_frame(rest, &limits) {
-        assert!(used > 0 && used <= rest.len());
-        rest = &rest[used..];
-        let Frame::Events(ev) = frame else { continue };
-        // every accepted entry is [time, map]: enrichment and JSON output must succeed on it
-        let enriched = enrich(&ev.entries, &[("ecs_cluster", "c"), ("source", "stdout")])
-            .expect("validated entries enrich");
-        let mut r = Reader::new(&enriched);
-        let mut n = 0;
-        while !r.is_empty() {
-            r.array_len().expect("entry array");
-            r.time().expect("entry time");
-            let mut json = Vec::new();
-            let _ = write_json(&mut r, &mut json);
-            n += 1;
-        }
-        assert_eq!(n, ev.count);
-    }
+    skiff_fuzz::forward_decode(data);
 });

@@ -149,25 +149,28 @@ impl Buffer {
     }
 
     /// Appends packed entries under `tag`; returns once written (and fsynced when `sync`).
-    /// Waits while the buffer is at its disk limit or too many bytes are in flight.
+    /// Waits while the buffer is at its disk limit or too many bytes are in flight; the entries
+    /// are encoded (and freed) only once in-flight permits cover the encoded batch.
     pub async fn append(
         &self,
         tag: &str,
         count: u32,
-        entries: &[u8],
+        entries: Vec<u8>,
         sync: bool,
     ) -> Result<(), BufferError> {
-        let frame = segment::encode(tag, count, entries);
-        if self.opts.max_bytes > 0 && frame.len() as u64 > self.opts.max_bytes {
-            return Err(BufferError::TooLarge(frame.len()));
+        let len = segment::encoded_len(tag, entries.len());
+        if self.opts.max_bytes > 0 && len as u64 > self.opts.max_bytes {
+            return Err(BufferError::TooLarge(len));
         }
-        let permits = frame.len().clamp(1, self.budget_max) as u32;
+        let permits = len.clamp(1, self.budget_max) as u32;
         let permit = self
             .budget
             .clone()
             .acquire_many_owned(permits)
             .await
             .map_err(|_| BufferError::Closed)?;
+        let frame = segment::encode(tag, count, &entries);
+        drop(entries);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append {

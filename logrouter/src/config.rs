@@ -32,6 +32,10 @@ pub const DEFAULT_FORWARD_PORT: u16 = 24224;
 pub const DEFAULT_HTTP_PORT: u16 = 2020;
 /// Disk used by the scratch buffer (no `storage.path`) unless `Mem_Buf_Limit`s say otherwise.
 pub const DEFAULT_SCRATCH_LIMIT: u64 = 128 * 1024 * 1024;
+/// Default `frames.mem_limit`: above the default `Buffer_Max_Size` (6 MB), so any accepted frame fits.
+pub const DEFAULT_FRAMES_MEM_LIMIT: usize = 8 * 1024 * 1024;
+/// Smallest `frames.mem_limit` accepted.
+pub const MIN_FRAMES_MEM_LIMIT: u64 = 64 * 1024;
 /// Default output batch bounds (`Batch_Records`, `Batch_Size`; Skiff extensions).
 pub const DEFAULT_BATCH_RECORDS: usize = 10_000;
 pub const DEFAULT_BATCH_BYTES: usize = 1024 * 1024;
@@ -94,6 +98,9 @@ pub struct ServiceConfig {
     pub storage_total_limit: u64,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// `frames.mem_limit` (Skiff extension): bytes of Forward frames all connections together may
+    /// hold in memory while reading and buffering them; a larger frame is refused as oversized.
+    pub frames_mem_limit: usize,
     pub parsers: Vec<ParserConfig>,
 }
 
@@ -111,6 +118,7 @@ impl Default for ServiceConfig {
             storage_total_limit: 0,
             retry_base: DEFAULT_RETRY_BASE,
             retry_cap: DEFAULT_RETRY_CAP,
+            frames_mem_limit: DEFAULT_FRAMES_MEM_LIMIT,
             parsers: Vec::new(),
         }
     }
@@ -795,6 +803,17 @@ fn service(s: &Section, cfg: &mut LogRouterConfig, problems: &mut Vec<Problem>) 
     }
     if let Some(c) = o.seconds("scheduler.cap") {
         sv.retry_cap = c;
+    }
+    if let Some((v, line)) = o.get("frames.mem_limit") {
+        match parse_size(&v) {
+            Some(n) if n >= MIN_FRAMES_MEM_LIMIT => {
+                sv.frames_mem_limit = usize::try_from(n).unwrap_or(usize::MAX);
+            }
+            _ => o.problem(
+                line,
+                format!("frames.mem_limit: {v:?} is not a size of at least 64K"),
+            ),
+        }
     }
     o.accept(&[
         "Daemon",

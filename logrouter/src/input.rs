@@ -58,11 +58,12 @@ impl InputCtx {
         if processed.count == 0 {
             return Ok(());
         }
+        // by value: the buffer frees the entries as soon as it has encoded them
         self.buffer
             .append(
                 tag,
                 processed.count,
-                &processed.entries,
+                processed.entries,
                 wants_ack && self.durable,
             )
             .await

@@ -481,10 +481,16 @@ pub fn write_event_time(out: &mut Vec<u8>, t: EventTime) {
 
 /// Transcodes one MessagePack value to JSON, appending to `out`.
 pub fn write_json(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), MpError> {
-    json_value(r, out, 0)
+    json_value(r, out, 0, false)
 }
 
-fn json_value(r: &mut Reader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), MpError> {
+/// `in_key`: writing the text of a non-string map key, which is escaped once as a whole.
+fn json_value(
+    r: &mut Reader<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+    in_key: bool,
+) -> Result<(), MpError> {
     if depth > MAX_DEPTH {
         return Err(MpError::TooDeep);
     }
@@ -527,7 +533,7 @@ fn json_value(r: &mut Reader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(),
                 if i > 0 {
                     out.push(b',');
                 }
-                json_value(r, out, depth + 1)?;
+                json_value(r, out, depth + 1, in_key)?;
             }
             out.push(b']');
         }
@@ -538,9 +544,9 @@ fn json_value(r: &mut Reader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(),
                 if i > 0 {
                     out.push(b',');
                 }
-                json_key(r, out, depth)?;
+                json_key(r, out, depth, in_key)?;
                 out.push(b':');
-                json_value(r, out, depth + 1)?;
+                json_value(r, out, depth + 1, in_key)?;
             }
             out.push(b'}');
         }
@@ -564,13 +570,24 @@ fn is_event_time_ext(r: &Reader<'_>) -> bool {
     )
 }
 
-fn json_key(r: &mut Reader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), MpError> {
+/// A map key: strings as they are; any other key as the string of its JSON text. Keys nested in
+/// such a key are written unescaped, as the outermost key escapes its whole text once: escaping
+/// at every level would double the output per level (a few hundred bytes of nested map keys
+/// became gigabytes of JSON; found by fuzzing).
+fn json_key(
+    r: &mut Reader<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+    in_key: bool,
+) -> Result<(), MpError> {
     if r.next_is_raw() {
         let raw = r.raw()?;
         write_json_str(out, &String::from_utf8_lossy(raw));
+    } else if in_key {
+        json_value(r, out, depth + 1, true)?;
     } else {
         let mut tmp = Vec::new();
-        json_value(r, &mut tmp, depth + 1)?;
+        json_value(r, &mut tmp, depth + 1, true)?;
         write_json_str(out, &String::from_utf8_lossy(&tmp));
     }
     Ok(())

@@ -98,7 +98,7 @@ impl Pipeline {
             }
         }
         Ok(Processed {
-            entries: enrich(&entries, &add)?,
+            entries: enrich_counted(&entries, count, &add)?,
             count,
         })
     }
@@ -106,8 +106,15 @@ impl Pipeline {
 
 /// Adds each `(key, value)` absent from every `[time, record]` entry.
 pub fn enrich(entries: &[u8], add: &[(&str, &str)]) -> Result<Vec<u8>, MpError> {
+    // at least 8 bytes per entry: a bound on their number that never under-allocates much
+    let count = u32::try_from(entries.len() / 8 + 1).unwrap_or(u32::MAX);
+    enrich_counted(entries, count, add)
+}
+
+/// `enrich` for `count` entries: allocates what the result needs, not a guess per byte.
+fn enrich_counted(entries: &[u8], count: u32, add: &[(&str, &str)]) -> Result<Vec<u8>, MpError> {
     let extra: usize = add.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-    let mut out = Vec::with_capacity(entries.len() + extra * (entries.len() / 64 + 1));
+    let mut out = Vec::with_capacity(entries.len() + extra.saturating_mul(count as usize));
     let mut r = Reader::new(entries);
     let mut missing: Vec<bool> = vec![true; add.len()];
     while !r.is_empty() {

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::LogRouterError;
 use crate::buffer::{Buffer, BufferOptions, DEFAULT_IN_FLIGHT_BYTES, DEFAULT_SEGMENT_BYTES};
 use crate::config::{DEFAULT_SCRATCH_LIMIT, InputKind, LogRouterConfig};
+use crate::forward::budget::FrameBudget;
 use crate::forward::decode::Limits;
 use crate::forward::server::{self, ForwardSettings};
 use crate::input::InputCtx;
@@ -142,6 +143,8 @@ impl LogRouter {
 
         let mut inputs = Vec::new();
         let mut forward_addr = None;
+        // one budget for every forward input: it bounds the process, not a connection
+        let frame_budget = FrameBudget::new(cfg.service.frames_mem_limit);
         let mut unix_paths = Vec::new();
         for i in &cfg.inputs {
             let ctx = Arc::new(InputCtx {
@@ -163,6 +166,7 @@ impl LogRouter {
                         self_hostname: f.self_hostname.clone(),
                         tag_override: i.tag.clone(),
                         tag_prefix: f.tag_prefix.clone(),
+                        budget: frame_budget.clone(),
                     });
                     if let Some(port) = f.port {
                         let addr = SocketAddr::new(f.listen, port);

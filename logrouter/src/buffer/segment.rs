@@ -21,6 +21,11 @@ pub struct Batch {
 }
 
 /// Encodes one frame.
+/// Size of `encode(tag, _, entries)` for `entries_len` bytes of entries.
+pub fn encoded_len(tag: &str, entries_len: usize) -> usize {
+    HEADER + 2 + tag.len().min(usize::from(u16::MAX)) + 4 + entries_len
+}
+
 pub fn encode(tag: &str, count: u32, entries: &[u8]) -> Vec<u8> {
     let tag = &tag.as_bytes()[..tag.len().min(usize::from(u16::MAX))];
     let payload_len = 2 + tag.len() + 4 + entries.len();

@@ -39,7 +39,7 @@ async fn round_trip_across_segments_and_reopen() {
         let (buf, _) = Buffer::open(opts(dir.path()), metrics()).unwrap();
         let mut r = buf.reader("out").unwrap();
         for i in 0..50u32 {
-            buf.append("app", i, &[0x90; 100], i % 2 == 0)
+            buf.append("app", i, vec![0x90; 100], i % 2 == 0)
                 .await
                 .unwrap();
         }
@@ -64,7 +64,9 @@ async fn torn_tail_is_truncated_and_reported() {
     {
         let (buf, _) = Buffer::open(opts(dir.path()), metrics()).unwrap();
         for i in 0..3u32 {
-            buf.append("t", i, b"\x92\x01\x80", true).await.unwrap();
+            buf.append("t", i, b"\x92\x01\x80".to_vec(), true)
+                .await
+                .unwrap();
         }
     }
     let seg = segment::list(dir.path()).unwrap()[0];
@@ -89,7 +91,9 @@ async fn torn_tail_is_truncated_and_reported() {
 async fn flipped_bit_is_skipped_by_readers() {
     let dir = tempfile::tempdir().unwrap();
     let (buf, _) = Buffer::open(opts(dir.path()), metrics()).unwrap();
-    buf.append("t", 1, b"\x92\x01\x80", true).await.unwrap();
+    buf.append("t", 1, b"\x92\x01\x80".to_vec(), true)
+        .await
+        .unwrap();
     let seg = segment::list(dir.path()).unwrap()[0];
     let path = segment::path(dir.path(), seg);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -100,7 +104,9 @@ async fn flipped_bit_is_skipped_by_readers() {
     let (buf, rec) = Buffer::open(opts(dir.path()), m.clone()).unwrap();
     assert_eq!(rec.records, 0);
     assert_eq!(m.buffer_corrupt.get(), 1);
-    buf.append("t", 2, b"\x92\x01\x80", true).await.unwrap();
+    buf.append("t", 2, b"\x92\x01\x80".to_vec(), true)
+        .await
+        .unwrap();
     let mut r = buf.reader("o").unwrap();
     let got = drain(&mut r).await;
     assert_eq!(got.iter().map(|b| b.count).collect::<Vec<_>>(), vec![2]);
@@ -113,7 +119,7 @@ async fn segments_are_deleted_once_every_output_passed_them() {
     let mut a = buf.reader("a").unwrap();
     let mut b = buf.reader("b").unwrap();
     for i in 0..40u32 {
-        buf.append("t", i, &[0x90; 200], false).await.unwrap();
+        buf.append("t", i, vec![0x90; 200], false).await.unwrap();
     }
     let many = segment::list(dir.path()).unwrap().len();
     assert!(many > 3);
@@ -143,7 +149,7 @@ async fn disk_limit_holds_appends_until_an_output_catches_up() {
         let buf = buf.clone();
         tokio::spawn(async move {
             for i in 0..30u32 {
-                buf.append("t", i, &[0x90; 300], false).await.unwrap();
+                buf.append("t", i, vec![0x90; 300], false).await.unwrap();
             }
         })
     };
@@ -160,7 +166,7 @@ async fn disk_limit_holds_appends_until_an_output_catches_up() {
     writer.await.unwrap();
     assert_eq!(got, (0..30).collect::<Vec<_>>());
     assert!(matches!(
-        buf.append("t", 0, &[0x90; 5000], false).await,
+        buf.append("t", 0, vec![0x90; 5000], false).await,
         Err(BufferError::TooLarge(_))
     ));
 }

@@ -189,3 +189,24 @@ fn duplicate_output_names_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn frames_mem_limit_defaults_parses_and_refuses_tiny_values() {
+    assert_eq!(
+        parse("[OUTPUT]\n    Name null\n    Match *\n")
+            .unwrap()
+            .service
+            .frames_mem_limit,
+        DEFAULT_FRAMES_MEM_LIMIT
+    );
+    let cfg = parse("[SERVICE]\n    frames.mem_limit 16M\n[OUTPUT]\n    Name null\n    Match *\n")
+        .unwrap();
+    assert_eq!(cfg.service.frames_mem_limit, 16 << 20);
+    let err = parse("[SERVICE]\n    frames.mem_limit 1K\n[OUTPUT]\n    Name null\n    Match *\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fluent-bit.conf:2: frames.mem_limit: \"1K\" is not a size of at least 64K"),
+        "{err}"
+    );
+}

@@ -3,16 +3,19 @@
 //! A connection handles one frame at a time and reads the next only when the previous one is in
 //! the buffer: when the buffer is full nothing more is read from that client and nothing is
 //! acknowledged, so the client's own flow control (TCP windows, ack timeouts) holds it back.
+//! Beyond a small window per connection, a frame's bytes are read only under permits of the
+//! process-wide [`FrameBudget`]: many clients sending big frames at once wait, not grow memory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::budget::{FrameBudget, Reservation};
 use super::decode::{self, DecodeError, Frame, Limits};
 use super::handshake::Handshake;
 use crate::input::InputCtx;
@@ -26,6 +29,8 @@ pub struct ForwardSettings {
     pub self_hostname: String,
     pub tag_override: Option<String>,
     pub tag_prefix: Option<String>,
+    /// Process-wide memory budget for frames in flight, shared by every forward input.
+    pub budget: FrameBudget,
 }
 
 /// Accepts TCP clients until `shutdown` turns true.
@@ -133,7 +138,12 @@ impl ConnError {
     }
 }
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes a connection may hold without permits: frame headers, small frames, a big frame's tail.
+/// Also the size of a read when no big frame is under way.
+const FREE_BYTES: usize = 16 * 1024;
+/// A frame is held up to three times over for a moment (raw or decoded, enriched, encoded for
+/// the buffer): reserve for all of them.
+const COPIES: usize = 3;
 /// Largest batch made of several chunk-less frames.
 const COALESCE_BYTES: usize = 1024 * 1024;
 
@@ -147,6 +157,13 @@ async fn flush(
     Ok(())
 }
 
+/// A fresh read buffer holding `rest`, so the allocation a big frame needed is given back.
+fn shrink(rest: &[u8]) -> BytesMut {
+    let mut fresh = BytesMut::with_capacity(FREE_BYTES.max(rest.len()));
+    fresh.extend_from_slice(rest);
+    fresh
+}
+
 async fn connection<S>(
     mut s: S,
     settings: &ForwardSettings,
@@ -156,10 +173,14 @@ async fn connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(FREE_BYTES);
     let mut authenticated = settings.shared_key.is_none();
     // bytes the frame at the head of `buf` needs at least before decoding is worth trying
     let mut need = 0usize;
+    // permits for the frame at the head of `buf` (and its decoded copy): `buf` never holds more
+    // than FREE_BYTES + reserved
+    let mut reservation: Option<Reservation> = None;
+    let mut reserved = 0usize;
     let handshake = settings
         .shared_key
         .as_deref()
@@ -170,6 +191,7 @@ where
     loop {
         // frames without `chunk` that share a tag are buffered as one batch: one append, not one per message
         let mut pending: Option<(String, Vec<u8>, u32)> = None;
+        let mut completed = false;
         loop {
             if buf.len() < need {
                 break;
@@ -179,11 +201,6 @@ where
                 Ok(None) => {
                     // a big PackedForward frame arrives in many reads: don't rescan it for each
                     need = decode::min_frame_len(&buf).unwrap_or(0).max(buf.len() + 1);
-                    if need > settings.limits.max_frame + READ_CHUNK {
-                        // the header announces more than a frame may hold: refuse now, not after reading it
-                        flush(ctx, &mut pending).await?;
-                        return Err(DecodeError::TooLarge(settings.limits.max_frame).into());
-                    }
                     break;
                 }
                 Err(e) => {
@@ -191,8 +208,14 @@ where
                     return Err(e.into());
                 }
             };
-            buf.advance(used);
+            completed = true;
             need = 0;
+            if used > FREE_BYTES {
+                // the decoded frame owns its records: free the raw bytes before buffering them
+                buf = shrink(&buf[used..]);
+            } else {
+                buf.advance(used);
+            }
             match frame {
                 Frame::Ping(ping) => {
                     let Some(h) = &handshake else {
@@ -252,22 +275,74 @@ where
             }
         }
         flush(ctx, &mut pending).await?;
-        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-            // give back what one big frame needed
-            buf = BytesMut::with_capacity(READ_CHUNK);
+        if completed {
+            // the frame the permits were for is buffered (and acked): give them back; what is
+            // left in `buf` is at most FREE_BYTES, the start of the next frame
+            reservation = None;
+            reserved = 0;
+            if buf.is_empty() && buf.capacity() > 4 * FREE_BYTES {
+                buf = shrink(&[]);
+            }
         }
-        let want = need
-            .saturating_sub(buf.len())
-            .max(buf.len())
-            .clamp(READ_CHUNK, settings.limits.max_frame.max(READ_CHUNK));
-        buf.reserve(want);
-        tokio::select! {
-            n = s.read_buf(&mut buf) => {
-                if n? == 0 {
-                    return if buf.is_empty() { Ok(()) } else { Err(ConnError::Truncated) };
+        if reservation.is_none() {
+            // the frame's size, when its header says it (PackedForward), else the worst case
+            // once it outgrows what a connection may hold without permits
+            let budget = &settings.budget;
+            let wanted = match decode::min_frame_len(&buf) {
+                // the header announces more than a frame may hold: refuse now, not after reading it
+                Some(n) if n > settings.limits.max_frame => {
+                    return Err(DecodeError::TooLarge(settings.limits.max_frame).into());
+                }
+                Some(n) if n > budget.total() => {
+                    return Err(DecodeError::TooLarge(budget.total()).into());
+                }
+                Some(n) if n > FREE_BYTES => Some(n),
+                // an unknown-size frame reserves the worst case, capped by the whole budget
+                _ if buf.len() >= FREE_BYTES => Some(settings.limits.max_frame.min(budget.total())),
+                _ => None,
+            };
+            if let Some(n) = wanted {
+                // never more than the whole budget, so any frame that fits in it gets read
+                let permits = n.saturating_mul(COPIES).min(budget.total());
+                tokio::select! {
+                    r = budget.reserve(permits) => {
+                        let Some(r) = r else {
+                            return Err(DecodeError::TooLarge(budget.total()).into());
+                        };
+                        reservation = Some(r);
+                        reserved = n;
+                    }
+                    _ = crate::signalled(&mut shutdown) => {
+                        info!(input = %ctx.name, "closing forward connection for shutdown");
+                        return Ok(());
+                    }
                 }
             }
-            _ = crate::signalled(&mut shutdown) => {
+        }
+        let room = (FREE_BYTES + reserved).saturating_sub(buf.len());
+        if room == 0 {
+            // the frame outgrew its reservation (or the whole budget)
+            return Err(DecodeError::TooLarge(reserved.min(settings.limits.max_frame)).into());
+        }
+        buf.reserve(room.min(need.saturating_sub(buf.len()).max(FREE_BYTES)));
+        let read = {
+            let mut window = (&mut buf).limit(room);
+            tokio::select! {
+                n = s.read_buf(&mut window) => Some(n),
+                _ = crate::signalled(&mut shutdown) => None,
+            }
+        };
+        match read {
+            Some(n) => {
+                if n? == 0 {
+                    return if buf.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(ConnError::Truncated)
+                    };
+                }
+            }
+            None => {
                 info!(input = %ctx.name, "closing forward connection for shutdown");
                 return Ok(());
             }

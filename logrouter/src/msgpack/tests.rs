@@ -112,3 +112,24 @@ fn deep_nesting_is_refused_by_json_but_skippable() {
         Err(MpError::TooDeep)
     );
 }
+
+#[test]
+fn nested_non_string_keys_encode_to_json_linear_in_their_size() {
+    // {{{{...: 1}: 1}: 1}: 1} with quotes in the innermost key, 60 levels deep: ~200 bytes
+    let mut out = Vec::new();
+    for _ in 0..60 {
+        write_map_len(&mut out, 1);
+    }
+    write_str(&mut out, "a\"b");
+    for _ in 0..60 {
+        write_uint(&mut out, 1);
+    }
+    let mut json = Vec::new();
+    write_json(&mut Reader::new(&out), &mut json).unwrap();
+    assert!(json.len() < 20 * out.len(), "{} bytes of JSON", json.len());
+    // still one valid JSON object whose key is the inner map's text
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let (key, value) = v.as_object().unwrap().iter().next().unwrap();
+    assert!(key.starts_with("{{") && key.contains("a\\\"b"), "{key}");
+    assert_eq!(value, 1);
+}

@@ -167,3 +167,51 @@ async fn a_frame_announcing_gigabytes_is_refused_before_it_is_read() {
     .await;
     router.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_larger_than_the_whole_memory_budget_is_refused_and_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.log");
+    let config = format!(
+        "[SERVICE]\n    Flush 0.05\n    HTTP_Port 0\n    frames.mem_limit 64K\n[INPUT]\n    Name forward\n    Port 0\n[OUTPUT]\n    Name file\n    Match *\n    File {}\n    Format plain\n",
+        out.display()
+    );
+    let router = Router::start(&config, dir.path()).await;
+    let addr = router.forward.unwrap();
+    // ~175 KB: under Buffer_Max_Size (6 MB) but over the 64 KiB budget of every connection together
+    let too_big = packed_frame("big", 0..1000, "big");
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let _ = s.write_all(&too_big);
+        // closed with no ack
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "no ack for a refused frame");
+    })
+    .await
+    .unwrap();
+    eventually(10, "the refusal counted", || {
+        router.counter(
+            "skiff_logrouter_input_rejected_total",
+            &[("input", "forward.0"), ("reason", "too_large")],
+        ) >= 1
+    })
+    .await;
+    // frames that fit (~17 KB each) still flow, one after another through the same budget
+    tokio::task::spawn_blocking(move || {
+        let mut c = ForwardClient::connect(addr).unwrap();
+        for start in (1000..2000).step_by(100) {
+            c.send("small", start..start + 100).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    eventually(20, "the small frames' records", || {
+        file_records(&out).len() >= 1000
+    })
+    .await;
+    assert_eq!(ids(&file_records(&out)), (1000..2000).collect::<Vec<_>>());
+    router.stop().await;
+}

@@ -79,7 +79,32 @@ async fn output_failing_for_a_while_then_recovering_receives_everything() {
 const CHILD_CONFIG: &str = "SKIFF_IT_ROUTER_CONFIG";
 const CHILD_ADDR_FILE: &str = "SKIFF_IT_ROUTER_ADDR_FILE";
 
-/// Not a test: the router process the SIGKILL test starts (this binary re-executed) and kills.
+/// Starts `config` in a router child process (this test binary re-executed); returns it and its
+/// forward address once it listens. The caller kills it.
+pub async fn spawn_router_child(
+    config: &str,
+    dir: &Path,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let cfg_path = dir.join("child.conf");
+    std::fs::write(&cfg_path, config).unwrap();
+    let addr_file = dir.join("child.addr");
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["crash::router_child", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_CONFIG, &cfg_path)
+        .env(CHILD_ADDR_FILE, &addr_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(30, "child router to listen", || addr_file.exists()).await;
+    let addr = std::fs::read_to_string(&addr_file)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// Not a test: the router process the SIGKILL and memory tests start (this binary re-executed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of sigkill_mid_stream_loses_no_acknowledged_record"]
 async fn router_child() {
@@ -102,22 +127,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record() {
     // nothing gets out before the crash: every acked record must come back from the disk buffer
     sink.failing.store(true, Ordering::SeqCst);
     let cfg_text = config(&dir.path().join("buf"), sink.addr.port());
-    let cfg_path = dir.path().join("child.conf");
-    std::fs::write(&cfg_path, &cfg_text).unwrap();
-    let addr_file = dir.path().join("child.addr");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["crash::router_child", "--exact", "--ignored", "--nocapture"])
-        .env(CHILD_CONFIG, &cfg_path)
-        .env(CHILD_ADDR_FILE, &addr_file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(30, "child router to listen", || addr_file.exists()).await;
-    let addr: std::net::SocketAddr = std::fs::read_to_string(&addr_file)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, addr) = spawn_router_child(&cfg_text, dir.path()).await;
 
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let client = {

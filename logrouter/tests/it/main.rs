@@ -9,4 +9,5 @@ mod chain;
 mod crash;
 mod harness;
 mod lines;
+mod memory;
 mod modes;
