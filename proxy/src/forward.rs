@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::access::{AccessLogSink, ForwardInfo};
 use crate::concrete::Concrete;
 use crate::config::{AccessLog, ProxyConfig};
+use crate::connect::Connector;
 use crate::error::{ProxyError, Retryable};
 use crate::logical::{Table, split_authority};
 use crate::retry::{RetryReason, backoff, is_idempotent};
@@ -42,8 +43,8 @@ pub(crate) struct Forwarder {
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) tracer: Tracer,
     pub(crate) access_log_sink: AccessLogSink,
-    h1: Client<HttpConnector, Body>,
-    h2: Client<HttpConnector, Body>,
+    h1: Client<Connector, Body>,
+    h2: Client<Connector, Body>,
 }
 
 /// A request body that can be sent more than once (or not).
@@ -95,7 +96,7 @@ impl Forwarder {
                 .retry_canceled_requests(true)
                 .set_host(false)
                 .http2_only(h2)
-                .build(connector.clone())
+                .build(Connector(connector.clone()))
         };
         let (h1, h2) = (build(false), build(true));
         Forwarder {
@@ -148,10 +149,14 @@ impl Forwarder {
         let mut tried: Vec<usize> = Vec::new();
         let mut grpc_trailers: Option<usize> = None;
         let mut attempts: u32 = 0;
+        // One clock read when an attempt starts and one when it ends, shared by the balancer,
+        // the timeouts, the EWMA, outlier detection, the budget and the latency metric.
+        let mut now = start;
+        let mut last;
         let result = loop {
             attempts += 1;
+            last = now;
             // pick
-            let now = Instant::now();
             let Some(idx) = concrete.pick(&tried, &self.config, now) else {
                 break Err(ProxyError::NoEndpoints {
                     service: concrete.name().to_owned(),
@@ -196,11 +201,13 @@ impl Forwarder {
             let guard = ep.begin();
             let sent = client.request(upstream);
             let res = match try_timeout {
-                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
+                Some(t) => tokio::time::timeout_at(now + t, sent).await.map_err(|_| t),
                 None => Ok(sent.await),
             };
             drop(guard);
-            let rtt = now.elapsed();
+            let end = Instant::now();
+            last = end;
+            let rtt = end.saturating_duration_since(now);
             // classify
             let attempt = classify(res, &concrete, ep.addr, grpc);
             self.tracer.end_client(
@@ -225,19 +232,19 @@ impl Forwarder {
                 } => (Some(false), Some(rtt)),
                 Attempt::Failed { .. } => (Some(false), None),
             };
-            concrete.record(idx, sample, outcome, &self.config, Instant::now());
+            concrete.record(idx, sample, outcome, &self.config, end);
             // retry?
             let reason = match &attempt {
                 Attempt::Response { retry, .. } | Attempt::Failed { retry, .. } => *retry,
             };
-            let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+            let out_of_time = deadline.is_some_and(|d| end >= d);
             let may_retry = reason.is_some_and(|r| !r.upstream_saw_request() || idempotent)
                 && attempts <= policy.retry.max_retries
                 && body.replayable()
                 && on_upgrade.is_none()
                 && !out_of_time;
             if let Some(reason) = reason.filter(|_| may_retry) {
-                if target.budget.withdraw(Instant::now()) {
+                if target.budget.withdraw(end) {
                     target.metrics.record_retry(reason);
                     tracing::debug!(target_service = %concrete.name(), endpoint = %ep.addr, reason = reason.label(), attempts, "retrying");
                     tried.push(idx);
@@ -247,9 +254,9 @@ impl Forwarder {
                         policy.retry.backoff_cap,
                         &mut rand::rng(),
                     );
-                    let wake =
-                        deadline.map_or(Instant::now() + pause, |d| d.min(Instant::now() + pause));
+                    let wake = deadline.map_or(end + pause, |d| d.min(end + pause));
                     tokio::time::sleep_until(wake).await;
+                    now = Instant::now();
                     continue;
                 }
                 target.metrics.budget_exhausted.inc();
@@ -270,7 +277,9 @@ impl Forwarder {
         };
         // record
         let metrics = &target.metrics;
-        metrics.latency.observe(start.elapsed().as_secs_f64());
+        metrics
+            .latency
+            .observe(last.saturating_duration_since(start).as_secs_f64());
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
@@ -287,33 +296,31 @@ impl Forwarder {
             // Trailers-only answer: the status is in the headers.
             metrics.record_grpc(resp.headers().get("grpc-status"));
         }
+        // Each branch boxes the body once, with its byte counter.
         let mut resp =
             if let (Some(down), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, resp.status()) {
                 splice_upgrade(down, &mut resp);
-                resp.map(|b| b.map_err(BoxError::from).boxed())
+                resp.map(|b| metrics.count_rx(b))
             } else if let Some(idx) = grpc_trailers {
                 let config = self.config.clone();
                 let mut resp = resp.map(|inner| {
-                    GrpcStatusBody {
+                    metrics.count_rx(GrpcStatusBody {
                         inner,
                         metrics: concrete.target.metrics.clone(),
                         concrete: concrete.clone(),
                         idx,
                         config,
                         done: false,
-                    }
-                    .map_err(BoxError::from)
-                    .boxed()
+                    })
                 });
                 strip_hop_by_hop(resp.headers_mut());
                 resp
             } else {
-                let mut resp = resp.map(|b| b.map_err(BoxError::from).boxed());
+                let mut resp = resp.map(|b| metrics.count_rx(b));
                 strip_hop_by_hop(resp.headers_mut());
                 resp
             };
         *resp.version_mut() = Version::default();
-        let mut resp = metrics.count_rx(resp);
         if self.config.debug_attempts_header {
             resp.headers_mut()
                 .insert("x-skiff-attempts", HeaderValue::from(attempts));
@@ -484,7 +491,8 @@ fn is_grpc_request(headers: &HeaderMap) -> bool {
 
 /// `grpc-timeout`: an integer of at most 8 digits and a unit (H M S m u n).
 pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    let v = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -503,6 +511,10 @@ pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one scan of the names instead of a lookup per name.
+    if !headers.keys().any(|n| is_hop_by_hop(n) || n == header::TE) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -519,6 +531,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.get(header::TE).is_some_and(|te| te != "trailers") {
         headers.remove(header::TE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name)
+}
+
+/// Headers added to the upstream copy (trace context, Host, Connection) without regrowing it.
+const ADDED_HEADERS: usize = 3;
+
+/// The client's headers as sent upstream: copied once, minus hop-by-hop ones (those named by
+/// `Connection` too), into a map with room for what the proxy adds.
+fn upstream_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(src.len() + ADDED_HEADERS);
+    let connection = src.contains_key(header::CONNECTION);
+    let te_ok = src.get(header::TE).is_none_or(|te| te == "trailers");
+    for (name, value) in src {
+        let drop = is_hop_by_hop(name)
+            || (name == header::TE && !te_ok)
+            || (connection && connection_has(src, name.as_str()));
+        if !drop {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if upgrade && let Some(up) = src.get(header::UPGRADE) {
+        out.insert(header::UPGRADE, up.clone());
+        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    out
 }
 
 /// The upstream request for one attempt, sent to `authority`.
@@ -542,17 +582,7 @@ fn build_request(
         .map_err(|e| ProxyError::BadRequest {
             reason: e.to_string(),
         })?;
-    let mut headers = parts.headers.clone();
-    if upgrade {
-        let up = headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(&mut headers);
-        if let Some(up) = up {
-            headers.insert(header::UPGRADE, up);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    } else {
-        strip_hop_by_hop(&mut headers);
-    }
+    let mut headers = upstream_headers(&parts.headers, upgrade);
     if !headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())

@@ -21,6 +21,7 @@ mod aliases;
 mod balance;
 mod concrete;
 pub mod config;
+mod connect;
 pub mod discovery;
 mod dns;
 pub mod ecs;

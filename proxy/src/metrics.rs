@@ -11,15 +11,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
-use crate::Body;
 use crate::error::ProxyError;
 use crate::retry::RetryReason;
+use crate::{Body, BoxError};
 
 /// Prefix of the targets that stand for this task's own app (the inbound side).
 pub(crate) const INBOUND_PREFIX: &str = "inbound/";
@@ -499,25 +501,38 @@ impl TargetMetrics {
         }
     }
 
-    /// Counts the data bytes of a request body as they are sent to the target.
+    /// Counts the data bytes of a request body as they are sent to the target (a body that
+    /// is already over, such as a GET's, is passed as is: nothing to count, nothing to box).
     pub(crate) fn count_tx(&self, body: Body) -> Body {
+        if body.is_end_stream() {
+            return body;
+        }
         count_body(body, self.bytes_tx.clone())
     }
 
-    /// Counts the data bytes of a response body as they arrive from the target.
-    pub(crate) fn count_rx(&self, resp: http::Response<Body>) -> http::Response<Body> {
-        let c = self.bytes_rx.clone();
-        resp.map(|b| count_body(b, c))
+    /// Counts the data bytes of a response body as they arrive from the target; the body is
+    /// boxed here, once.
+    pub(crate) fn count_rx<B>(&self, body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        count_body(body, self.bytes_rx.clone())
     }
 }
 
-fn count_body(body: Body, counter: IntCounter) -> Body {
+fn count_body<B>(body: B, counter: IntCounter) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     body.map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
             counter.inc_by(data.len() as u64);
         }
         frame
     })
+    .map_err(Into::into)
     .boxed()
 }
 

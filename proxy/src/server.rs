@@ -4,17 +4,25 @@
 //! inbound HTTP/1.1 responses carry `Connection: close` so that clients move to other
 //! endpoints; at `Stopping`, the listener stops accepting and each connection shuts down
 //! gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the in-flight response), with a hard cap.
+//!
+//! A connection's first bytes pick its server: HTTP/1 goes straight to hyper's HTTP/1 server,
+//! and only what may be the HTTP/2 preface goes through the auto-detecting one. Why: the
+//! auto server reads the first bytes into a buffer of its own and hands them back to HTTP/1
+//! later, which makes hyper grow the connection's read buffer from 8 to 16 KiB — for every
+//! idle keep-alive connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,7 +32,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::Body;
 use crate::access::{self, AccessRecord, ForwardInfo};
 use crate::admin::Admin;
 use crate::config::{AccessLog, LimitsConfig};
@@ -32,6 +39,7 @@ use crate::error::{Blame, error_response};
 use crate::forward::{Forwarder, Route};
 use crate::metrics::Metrics;
 use crate::trace::RequestInfo;
+use crate::{Body, BoxError};
 
 /// Where the sidecar is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,17 +69,27 @@ pub(crate) struct HttpListener {
     pub(crate) idle: Option<Duration>,
     pub(crate) grace: Duration,
     pub(crate) metrics: Metrics,
+    /// HTTP/1 connections (most of them).
+    h1: http1::Builder,
+    /// Connections that may be HTTP/2 (prior knowledge): auto-detected.
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
     bytes: ByteCounters,
 }
 
-/// Last activity and in-flight requests of one connection, for the idle timeout.
+/// Checks of a connection's activity per idle timeout period.
+const IDLE_CHECKS: u32 = 8;
+
+/// Activity and in-flight requests of one connection, for the idle timeout.
+///
+/// Activity is a flag, not a timestamp, so that reads and writes never read the clock: the
+/// idle check looks at (and clears) it [`IDLE_CHECKS`] times per idle period, so a connection
+/// closes between `idle` and `idle × (1 + 1/IDLE_CHECKS)` after its last byte.
 pub(crate) struct Activity {
     /// The connection carried an HTTP/2 request.
     h2: AtomicBool,
-    base: Instant,
-    last_ms: AtomicU64,
+    /// A byte moved or a request ended since the last check.
+    touched: AtomicBool,
     active: AtomicUsize,
 }
 
@@ -120,12 +138,20 @@ impl HttpListener {
         limits: &LimitsConfig,
         metrics: Metrics,
     ) -> Self {
+        let max_buf = limits.max_header_bytes.max(8192);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(max_buf)
+            // The buffer limit alone is approximate (a read may fill a grown buffer past it).
+            .max_header_size(limits.max_header_bytes)
+            .keep_alive(true);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_buf_size(max_buf)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         HttpListener {
@@ -136,6 +162,7 @@ impl HttpListener {
             grace,
             bytes: ByteCounters::new(&metrics, name),
             metrics,
+            h1,
             builder,
             max_connections: limits.max_connections,
         }
@@ -151,7 +178,6 @@ impl HttpListener {
             } => {
                 let version = req.version();
                 let format = forwarder.config.access_log;
-                let start = Instant::now();
                 let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
                     req.headers()
                         .get(header::HOST)
@@ -183,6 +209,7 @@ impl HttpListener {
                         req.method().clone(),
                         authority.unwrap_or("-").to_owned(),
                         path.to_owned(),
+                        Instant::now(),
                     )
                 });
                 let grpc = req
@@ -214,7 +241,7 @@ impl HttpListener {
                     error,
                     info.target.as_deref(),
                 );
-                if let Some((method, authority, path)) = &line {
+                if let Some((method, authority, path, start)) = &line {
                     access::log(
                         format,
                         &forwarder.access_log_sink,
@@ -286,7 +313,45 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpLis
         .active_connections
         .with_label_values(&[ctx.name]);
     active_gauge.inc();
+    serve_sniffed(stream, peer, ctx).await;
+    active_gauge.dec();
+}
+
+/// Which server a connection gets, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    /// Maybe the HTTP/2 preface: the auto-detecting server decides.
+    Auto,
+}
+
+/// Waits for the first bytes (without taking them) and tells HTTP/1 from a possible HTTP/2
+/// preface; `None` when the client closed first.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Sniffed>> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // "PRI " is not a prefix of any other method's request line.
+    let mut head = [0u8; 4];
+    let n = stream.peek(&mut head).await?;
+    Ok(match &head[..n] {
+        [] => None,
+        h if PREFACE.starts_with(h) => Some(Sniffed::Auto),
+        _ => Some(Sniffed::Http1),
+    })
+}
+
+async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListener>) {
     let activity = Arc::new(Activity::new());
+    let mut phase = ctx.phase.clone();
+    let sniffed = tokio::select! {
+        res = sniff(&stream) => res,
+        () = wait_for(&mut phase, Phase::Stopping) => Ok(None),
+        () = activity.idle_expired(ctx.idle), if ctx.idle.is_some() => Ok(None),
+    };
+    let sniffed = match sniffed {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => return count_connection_error(&ctx.metrics, &e),
+    };
     let io = TokioIo::new(IdleIo::new(stream, activity.clone(), ctx.bytes.clone()));
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
@@ -302,16 +367,27 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpLis
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let mut phase = ctx.phase.clone();
+    let conn = match sniffed {
+        Sniffed::Http1 => Either::Left(ctx.h1.serve_connection(io, service).with_upgrades()),
+        Sniffed::Auto => Either::Right(ctx.builder.serve_connection_with_upgrades(io, service)),
+    };
+    let mut conn = pin!(conn);
+    // The same calls on either server.
+    macro_rules! either {
+        ($c:ident => $e:expr) => {
+            match conn.as_mut().as_pin_mut() {
+                Either::Left($c) => $e,
+                Either::Right($c) => $e,
+            }
+        };
+    }
     let mut drain_phase = ctx.phase.clone();
     let mut hard_stop: Option<Instant> = None;
     let mut goaway = false;
     let inbound = matches!(ctx.handler, Handler::Proxy { inbound: true, .. });
     loop {
         tokio::select! {
-            res = conn.as_mut() => {
+            res = std::future::poll_fn(|cx| either!(c => c.poll(cx).map_err(BoxError::from))) => {
                 if let Err(e) = res {
                     count_connection_error(&ctx.metrics, &*e);
                 }
@@ -322,23 +398,22 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpLis
             () = wait_for(&mut drain_phase, Phase::Draining), if inbound && !goaway && hard_stop.is_none() => {
                 goaway = true;
                 if activity.h2.load(Ordering::Relaxed) {
-                    conn.as_mut().graceful_shutdown();
+                    either!(c => c.graceful_shutdown());
                 }
             }
             () = wait_for(&mut phase, Phase::Stopping), if hard_stop.is_none() => {
                 if !(goaway && activity.h2.load(Ordering::Relaxed)) {
-                    conn.as_mut().graceful_shutdown();
+                    either!(c => c.graceful_shutdown());
                 }
                 hard_stop = Some(Instant::now() + ctx.grace);
             }
             () = activity.idle_expired(ctx.idle), if hard_stop.is_none() && ctx.idle.is_some() => {
-                conn.as_mut().graceful_shutdown();
+                either!(c => c.graceful_shutdown());
                 hard_stop = Some(Instant::now() + ctx.grace);
             }
             () = sleep_until_opt(hard_stop) => break,
         }
     }
-    active_gauge.dec();
 }
 
 /// Tells a client over the connection limit why it is turned away, then closes.
@@ -393,15 +468,13 @@ impl Activity {
     pub(crate) fn new() -> Self {
         Activity {
             h2: AtomicBool::new(false),
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            touched: AtomicBool::new(false),
             active: AtomicUsize::new(0),
         }
     }
 
     fn touch(&self) {
-        self.last_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.touched.store(true, Ordering::Relaxed);
     }
 
     fn begin(self: &Arc<Self>) -> ActiveGuard {
@@ -409,23 +482,24 @@ impl Activity {
         ActiveGuard(self.clone())
     }
 
-    /// Resolves when nothing was in flight and no byte moved for `idle`.
+    /// Resolves when nothing was in flight and no byte moved for `idle` (counted from the
+    /// call at the earliest; see [`Activity`] for the precision).
     pub(crate) async fn idle_expired(&self, idle: Option<Duration>) {
         let Some(idle) = idle else {
             return std::future::pending().await;
         };
+        let step = (idle / IDLE_CHECKS).max(Duration::from_millis(1));
+        let mut quiet = Duration::ZERO;
+        let mut at = Instant::now();
         loop {
-            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let at = last + idle;
-            if Instant::now() >= at && self.active.load(Ordering::Relaxed) == 0 {
+            at += step;
+            tokio::time::sleep_until(at).await;
+            let busy = self.touched.swap(false, Ordering::Relaxed)
+                || self.active.load(Ordering::Relaxed) > 0;
+            quiet = if busy { Duration::ZERO } else { quiet + step };
+            if quiet >= idle {
                 return;
             }
-            let next = if Instant::now() >= at {
-                Instant::now() + idle
-            } else {
-                at
-            };
-            tokio::time::sleep_until(next).await;
         }
     }
 }

@@ -19,12 +19,11 @@ mod otlp;
 mod tests;
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue, Method, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
@@ -159,15 +158,15 @@ pub(crate) struct ServerSpan {
     pub(crate) ctx: SpanContext,
     parent: Option<Parent>,
     trace_state: Option<HeaderValue>,
-    /// Only filled when the span is recorded.
+    /// Only filled when the span is recorded (with `start`: an unrecorded span reads no clock).
     data: Option<SpanData>,
-    start: Instant,
+    start: Option<Instant>,
 }
 
 /// One attempt upstream.
 pub(crate) struct ClientSpan {
     data: Option<SpanData>,
-    start: Instant,
+    start: Option<Instant>,
 }
 
 enum Msg {
@@ -513,7 +512,7 @@ impl Tracer {
             span_id: random_nonzero(&mut rng),
             sampled,
         };
-        let trace_state = req.headers.get("tracestate").cloned();
+        let trace_state = req.headers.get(&TRACESTATE).cloned();
         let data = self.recording(sampled).then(|| {
             let mut attributes = Vec::with_capacity(12);
             request_attributes(&mut attributes, req.method);
@@ -568,8 +567,8 @@ impl Tracer {
             ctx,
             parent,
             trace_state,
+            start: data.as_ref().map(|_| Instant::now()),
             data,
-            start: Instant::now(),
         }
     }
 
@@ -629,15 +628,17 @@ impl Tracer {
             }
         });
         ClientSpan {
+            start: data.as_ref().map(|_| Instant::now()),
             data,
-            start: Instant::now(),
         }
     }
 
     /// Closes an attempt's span with the upstream's status, or the error kind.
     pub(crate) fn end_client(&self, span: ClientSpan, outcome: Result<u16, &'static str>) {
-        let Some(mut data) = span.data else { return };
-        end(&mut data, span.start, outcome);
+        let (Some(mut data), Some(start)) = (span.data, span.start) else {
+            return;
+        };
+        end(&mut data, start, outcome);
         self.submit(data);
     }
 
@@ -649,7 +650,9 @@ impl Tracer {
         error: Option<&'static str>,
         target: Option<&str>,
     ) {
-        let Some(mut data) = span.data else { return };
+        let (Some(mut data), Some(start)) = (span.data, span.start) else {
+            return;
+        };
         if let Some(target) = target {
             data.attributes
                 .push(("skiff.target", Value::Str(target.to_owned().into())));
@@ -657,7 +660,7 @@ impl Tracer {
         if let Some(e) = error {
             data.attributes.push(("error.type", Value::Str(e.into())));
         }
-        end(&mut data, span.start, Ok(status));
+        end(&mut data, start, Ok(status));
         self.submit(data);
     }
 
@@ -788,30 +791,31 @@ fn random_nonzero<const N: usize>(rng: &mut impl Rng) -> [u8; N] {
 
 /// The caller's context: W3C `traceparent` first, then B3 single (`b3`), then `X-B3-*`.
 fn extract(headers: &HeaderMap) -> Option<Parent> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ctx) = text("traceparent").and_then(parse_traceparent) {
+    // Static names: a `&str` key would be parsed and validated on every lookup.
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ctx) = text(&TRACEPARENT).and_then(parse_traceparent) {
         return Some(Parent {
             ctx,
-            b3: if headers.contains_key("b3") {
+            b3: if headers.contains_key(&B3) {
                 B3Format::Single
-            } else if headers.contains_key("x-b3-traceid") {
+            } else if headers.contains_key(&B3_TRACE_ID) {
                 B3Format::Multi
             } else {
                 B3Format::None
             },
         });
     }
-    if let Some(ctx) = text("b3").and_then(parse_b3_single) {
+    if let Some(ctx) = text(&B3).and_then(parse_b3_single) {
         return Some(Parent {
             ctx,
             b3: B3Format::Single,
         });
     }
-    let trace_id = parse_trace_id(text("x-b3-traceid")?)?;
-    let span_id = parse_hex::<8>(text("x-b3-spanid")?)?;
-    let sampled = match text("x-b3-sampled") {
+    let trace_id = parse_trace_id(text(&B3_TRACE_ID)?)?;
+    let span_id = parse_hex::<8>(text(&B3_SPAN_ID)?)?;
+    let sampled = match text(&B3_SAMPLED) {
         Some(s) => s == "1" || s.eq_ignore_ascii_case("true"),
-        None => text("x-b3-flags") == Some("1") || text("x-b3-flags").is_none(),
+        None => text(&B3_FLAGS) == Some("1") || text(&B3_FLAGS).is_none(),
     };
     Some(Parent {
         ctx: SpanContext {
@@ -823,44 +827,61 @@ fn extract(headers: &HeaderMap) -> Option<Parent> {
     })
 }
 
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static B3: HeaderName = HeaderName::from_static("b3");
+static B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// Writes `ctx` (child of `parent_span`) as `traceparent`, and as B3 when the caller used B3.
+/// Every request goes through here: values are hex-encoded on the stack (no formatting), and
+/// names are static (inserting them copies nothing).
 fn inject(headers: &mut HeaderMap, ctx: &SpanContext, parent_span: [u8; 8], b3: B3Format) {
-    let put = |headers: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    };
-    put(headers, "traceparent", traceparent(ctx));
-    let sampled = if ctx.sampled { "1" } else { "0" };
+    headers.insert(TRACEPARENT.clone(), header_value(&traceparent(ctx)));
+    let sampled = HeaderValue::from_static(if ctx.sampled { "1" } else { "0" });
     match b3 {
         B3Format::None => {}
-        B3Format::Single => put(
-            headers,
-            "b3",
-            format!(
-                "{}-{}-{sampled}-{}",
-                hex(&ctx.trace_id),
-                hex(&ctx.span_id),
-                hex(&parent_span)
-            ),
-        ),
+        B3Format::Single => {
+            // `{trace}-{span}-{sampled}-{parent}`
+            let mut v = [b'-'; 32 + 1 + 16 + 1 + 1 + 1 + 16];
+            hex_into(&ctx.trace_id, &mut v[..32]);
+            hex_into(&ctx.span_id, &mut v[33..49]);
+            v[50] = if ctx.sampled { b'1' } else { b'0' };
+            hex_into(&parent_span, &mut v[52..]);
+            headers.insert(B3.clone(), header_value(&v));
+        }
         B3Format::Multi => {
-            put(headers, "x-b3-traceid", hex(&ctx.trace_id));
-            put(headers, "x-b3-spanid", hex(&ctx.span_id));
-            put(headers, "x-b3-parentspanid", hex(&parent_span));
-            put(headers, "x-b3-sampled", sampled.to_owned());
-            headers.remove("x-b3-flags");
+            let mut trace = [0u8; 32];
+            hex_into(&ctx.trace_id, &mut trace);
+            let (mut span, mut parent) = ([0u8; 16], [0u8; 16]);
+            hex_into(&ctx.span_id, &mut span);
+            hex_into(&parent_span, &mut parent);
+            headers.insert(B3_TRACE_ID.clone(), header_value(&trace));
+            headers.insert(B3_SPAN_ID.clone(), header_value(&span));
+            headers.insert(B3_PARENT_SPAN_ID.clone(), header_value(&parent));
+            headers.insert(B3_SAMPLED.clone(), sampled);
+            headers.remove(&B3_FLAGS);
         }
     }
 }
 
-pub(crate) fn traceparent(ctx: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{}",
-        hex(&ctx.trace_id),
-        hex(&ctx.span_id),
-        if ctx.sampled { "01" } else { "00" }
-    )
+/// `00-{trace}-{span}-{flags}`, on the stack.
+fn traceparent(ctx: &SpanContext) -> [u8; 55] {
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&ctx.trace_id, &mut v[3..35]);
+    hex_into(&ctx.span_id, &mut v[36..52]);
+    if ctx.sampled {
+        v[54] = b'1';
+    }
+    v
+}
+
+/// A header value of hex digits and dashes (always valid).
+fn header_value(v: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>` with non-zero ids (later versions: the same prefix).
@@ -925,9 +946,17 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long), without formatting machinery.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    debug_assert_eq!(out.len(), bytes.len() * 2);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    s
 }

@@ -358,3 +358,36 @@ fn otlp_encoding_decodes_with_the_official_types() {
     assert!(spans[1].parent_span_id.is_empty());
     assert!(spans[1].status.is_none());
 }
+
+#[test]
+fn stack_encoded_context_matches_the_formats() {
+    let ctx = SpanContext {
+        trace_id: [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ],
+        span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+        sampled: true,
+    };
+    let parent = [0xab, 0, 0, 0, 0, 0, 0, 0x01];
+    assert_eq!(hex(&ctx.span_id), SPAN);
+    let mut h = HeaderMap::new();
+    inject(&mut h, &ctx, parent, B3Format::Single);
+    assert_eq!(h["traceparent"], format!("00-{TRACE}-{SPAN}-01").as_str());
+    assert_eq!(
+        h["b3"],
+        format!("{TRACE}-{SPAN}-1-ab00000000000001").as_str()
+    );
+    let unsampled = SpanContext {
+        sampled: false,
+        ..ctx.clone()
+    };
+    let mut h = headers(&[("x-b3-flags", "1")]);
+    inject(&mut h, &unsampled, parent, B3Format::Multi);
+    assert_eq!(h["traceparent"], format!("00-{TRACE}-{SPAN}-00").as_str());
+    assert_eq!(h["x-b3-traceid"], TRACE);
+    assert_eq!(h["x-b3-spanid"], SPAN);
+    assert_eq!(h["x-b3-parentspanid"], "ab00000000000001");
+    assert_eq!(h["x-b3-sampled"], "0");
+    assert!(!h.contains_key("x-b3-flags"));
+}
