@@ -32,6 +32,9 @@ pub const DEFAULT_FORWARD_PORT: u16 = 24224;
 pub const DEFAULT_HTTP_PORT: u16 = 2020;
 /// Disk used by the scratch buffer (no `storage.path`) unless `Mem_Buf_Limit`s say otherwise.
 pub const DEFAULT_SCRATCH_LIMIT: u64 = 128 * 1024 * 1024;
+/// Default forward `net.max_connections`: each connection may hold a small window outside the
+/// frame budget, so their number is capped to keep memory bounded.
+pub const DEFAULT_FORWARD_MAX_CONNECTIONS: usize = 512;
 /// Default `frames.mem_limit`: above the default `Buffer_Max_Size` (6 MB), so any accepted frame fits.
 pub const DEFAULT_FRAMES_MEM_LIMIT: usize = 8 * 1024 * 1024;
 /// Smallest `frames.mem_limit` accepted.
@@ -155,6 +158,8 @@ pub struct ForwardInput {
     pub self_hostname: String,
     pub buffer_max_size: usize,
     pub tag_prefix: Option<String>,
+    /// `net.max_connections`: clients served at once; the kernel backlog holds the rest.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +336,7 @@ impl Default for LogRouterConfig {
                     self_hostname: "localhost".into(),
                     buffer_max_size: DEFAULT_FORWARD_BUFFER_MAX,
                     tag_prefix: None,
+                    max_connections: DEFAULT_FORWARD_MAX_CONNECTIONS,
                 }),
             }],
             filters: Vec::new(),
@@ -602,6 +608,11 @@ fn build(
                                 .size("Buffer_Max_Size")
                                 .map_or(DEFAULT_FORWARD_BUFFER_MAX, |v| v as usize),
                             tag_prefix: o.string("Tag_Prefix"),
+                            max_connections: o
+                                .parse("net.max_connections", "a positive integer", |v| {
+                                    v.parse::<usize>().ok().filter(|n| *n > 0)
+                                })
+                                .unwrap_or(DEFAULT_FORWARD_MAX_CONNECTIONS),
                         }))
                     }
                     "tcp" => {

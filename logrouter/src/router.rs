@@ -167,6 +167,7 @@ impl LogRouter {
                         tag_override: i.tag.clone(),
                         tag_prefix: f.tag_prefix.clone(),
                         budget: frame_budget.clone(),
+                        max_connections: f.max_connections,
                     });
                     if let Some(port) = f.port {
                         let addr = SocketAddr::new(f.listen, port);

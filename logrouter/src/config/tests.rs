@@ -210,3 +210,22 @@ fn frames_mem_limit_defaults_parses_and_refuses_tiny_values() {
         "{err}"
     );
 }
+
+#[test]
+fn forward_max_connections_defaults_to_512_and_is_configurable() {
+    let conf = |extra: &str| {
+        format!(
+            "[INPUT]\n    Name forward\n    Port 0\n{extra}[OUTPUT]\n    Name stdout\n    Match *\n"
+        )
+    };
+    let max = |text: &str| {
+        let cfg = parse(text).unwrap();
+        let InputKind::Forward(f) = &cfg.inputs[0].kind else {
+            panic!()
+        };
+        f.max_connections
+    };
+    assert_eq!(max(&conf("")), 512);
+    assert_eq!(max(&conf("    net.max_connections 64\n")), 64);
+    assert!(parse(&conf("    net.max_connections 0\n")).is_err());
+}

@@ -44,6 +44,10 @@ pub enum DecodeError {
     GzipBomb(usize),
     #[error("invalid gzip payload")]
     Gzip,
+    /// The decompressed payload would exceed what the caller reserved for it (not an error of
+    /// the frame: reserve more and decode it again).
+    #[error("decompressed payload larger than the {0} bytes reserved for it")]
+    NeedsMoreBudget(usize),
     #[error("unsupported compression {0:?}")]
     Compression(String),
 }
@@ -57,6 +61,7 @@ impl DecodeError {
             DecodeError::UnknownMode => "unknown_mode",
             DecodeError::GzipBomb(_) => "gzip_bomb",
             DecodeError::Gzip => "gzip",
+            DecodeError::NeedsMoreBudget(_) => "too_large",
             DecodeError::Compression(_) => "compression",
         }
     }
@@ -93,6 +98,17 @@ pub struct Ping {
 /// Decodes one frame from the start of `buf`: `Ok(None)` when more bytes are needed, else the
 /// frame and how many bytes it used.
 pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, DecodeError> {
+    decode_frame_within(buf, limits, usize::MAX)
+}
+
+/// [`decode_frame`], decompressing at most `reserved` bytes: a CompressedPackedForward payload
+/// that would inflate beyond them is [`DecodeError::NeedsMoreBudget`] (beyond
+/// `limits.max_decompressed`, [`DecodeError::GzipBomb`] as ever).
+pub fn decode_frame_within(
+    buf: &[u8],
+    limits: &Limits,
+    reserved: usize,
+) -> Result<Option<(Frame, usize)>, DecodeError> {
     let mut r = Reader::new(buf);
     match r.skip() {
         Ok(()) => {}
@@ -104,7 +120,7 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
     if used > limits.max_frame {
         return Err(DecodeError::TooLarge(limits.max_frame));
     }
-    let frame = parse(&buf[..used], limits)?;
+    let frame = parse(&buf[..used], limits, reserved)?;
     Ok(Some((frame, used)))
 }
 
@@ -144,7 +160,7 @@ pub fn min_frame_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
-fn parse(frame: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
+fn parse(frame: &[u8], limits: &Limits, reserved: usize) -> Result<Frame, DecodeError> {
     let mut r = Reader::new(frame);
     let n = r.array_len()?;
     if !(2..=6).contains(&n) || !r.next_is_raw() {
@@ -185,7 +201,7 @@ fn parse(frame: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         let (entries, count, rejected) = match opts.compressed.as_deref() {
             None | Some("text") => validate(payload, limits)?,
             Some("gzip") => {
-                let plain = gunzip(payload, limits.max_decompressed)?;
+                let plain = gunzip(payload, limits.max_decompressed, reserved)?;
                 validate(&plain, limits)?
             }
             Some(other) => return Err(DecodeError::Compression(other.to_owned())),
@@ -248,14 +264,20 @@ fn options(r: &mut Reader<'_>, present: bool) -> Result<Options, DecodeError> {
     Ok(o)
 }
 
-fn gunzip(payload: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity(payload.len().saturating_mul(4).min(max));
+/// Inflates `payload`, never past `max` (the frame limit) nor `reserved` (the caller's permits).
+fn gunzip(payload: &[u8], max: usize, reserved: usize) -> Result<Vec<u8>, DecodeError> {
+    let cap = max.min(reserved);
+    let mut out = Vec::with_capacity(payload.len().saturating_mul(4).min(cap));
     let dec = flate2::read::MultiGzDecoder::new(payload);
-    dec.take(max as u64 + 1)
+    dec.take((cap as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|_| DecodeError::Gzip)?;
-    if out.len() > max {
-        return Err(DecodeError::GzipBomb(max));
+    if out.len() > cap {
+        return Err(if cap < max {
+            DecodeError::NeedsMoreBudget(reserved)
+        } else {
+            DecodeError::GzipBomb(max)
+        });
     }
     Ok(out)
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::budget::{FrameBudget, Reservation};
@@ -31,6 +31,17 @@ pub struct ForwardSettings {
     pub tag_prefix: Option<String>,
     /// Process-wide memory budget for frames in flight, shared by every forward input.
     pub budget: FrameBudget,
+    /// Clients served at once (`net.max_connections`): each may hold a window outside the
+    /// budget, so their number is bounded; the kernel's listen backlog holds the others.
+    pub max_connections: usize,
+}
+
+/// Slots for the connections of one input, taken before `accept` so waiting clients stay in the
+/// kernel's backlog (back-pressure, not loss).
+fn connection_slots(settings: &ForwardSettings) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ))
 }
 
 /// Accepts TCP clients until `shutdown` turns true.
@@ -41,12 +52,20 @@ pub async fn serve_tcp(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let for_conns = shutdown.clone();
+    let slots = connection_slots(&settings);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = crate::signalled(&mut shutdown) => return,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_conn(stream, peer.to_string(), settings.clone(), ctx.clone(), for_conns.clone());
+                    spawn_conn(stream, peer.to_string(), settings.clone(), ctx.clone(), for_conns.clone(), slot);
                 }
                 Err(e) => {
                     warn!(input = %ctx.name, error = %e, "accept failed");
@@ -67,11 +86,19 @@ pub async fn serve_unix(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let for_conns = shutdown.clone();
+    let slots = connection_slots(&settings);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = crate::signalled(&mut shutdown) => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    spawn_conn(stream, path.display().to_string(), settings.clone(), ctx.clone(), for_conns.clone());
+                    spawn_conn(stream, path.display().to_string(), settings.clone(), ctx.clone(), for_conns.clone(), slot);
                 }
                 Err(e) => {
                     warn!(input = %ctx.name, error = %e, "accept failed");
@@ -90,10 +117,13 @@ fn spawn_conn<S>(
     settings: Arc<ForwardSettings>,
     ctx: Arc<InputCtx>,
     shutdown: watch::Receiver<bool>,
+    slot: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        // the input's connection slot, given back when the connection ends
+        let _slot = slot;
         let gauge = ctx
             .metrics
             .input_connections
@@ -181,6 +211,15 @@ where
     // than FREE_BYTES + reserved
     let mut reservation: Option<Reservation> = None;
     let mut reserved = 0usize;
+    // permits `reservation` holds: a compressed frame's decompressed bytes must fit in them
+    let mut held = 0usize;
+    // the most a frame may need: what a connection reserves when a compressed payload
+    // outgrows its permits
+    let worst = settings
+        .limits
+        .max_frame
+        .saturating_mul(COPIES)
+        .min(settings.budget.total());
     let handshake = settings
         .shared_key
         .as_deref()
@@ -196,7 +235,34 @@ where
             if buf.len() < need {
                 break;
             }
-            let (frame, used) = match decode::decode_frame(&buf, &settings.limits) {
+            let decoded = loop {
+                // a compressed payload may inflate only into the permits held (or the free window)
+                let limit = held.max(FREE_BYTES);
+                match decode::decode_frame_within(&buf, &settings.limits, limit) {
+                    Err(DecodeError::NeedsMoreBudget(_)) if held < worst => {
+                        // give the permits back before waiting for the worst case, so no
+                        // connection waits while holding permits
+                        flush(ctx, &mut pending).await?;
+                        drop(reservation.take());
+                        tokio::select! {
+                            r = settings.budget.reserve(worst) => {
+                                let Some(r) = r else {
+                                    return Err(DecodeError::TooLarge(worst).into());
+                                };
+                                reservation = Some(r);
+                                held = worst;
+                            }
+                            _ = crate::signalled(&mut shutdown) => {
+                                info!(input = %ctx.name, "closing forward connection for shutdown");
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(DecodeError::NeedsMoreBudget(n)) => break Err(DecodeError::TooLarge(n)),
+                    other => break other,
+                }
+            };
+            let (frame, used) = match decoded {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     // a big PackedForward frame arrives in many reads: don't rescan it for each
@@ -280,6 +346,7 @@ where
             // left in `buf` is at most FREE_BYTES, the start of the next frame
             reservation = None;
             reserved = 0;
+            held = 0;
             if buf.is_empty() && buf.capacity() > 4 * FREE_BYTES {
                 buf = shrink(&[]);
             }
@@ -311,6 +378,7 @@ where
                         };
                         reservation = Some(r);
                         reserved = n;
+                        held = permits;
                     }
                     _ = crate::signalled(&mut shutdown) => {
                         info!(input = %ctx.name, "closing forward connection for shutdown");

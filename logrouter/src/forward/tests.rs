@@ -284,3 +284,47 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_compressed_payload_inflates_only_into_the_bytes_reserved_for_it() {
+    let entries: Vec<u8> = (0..1_000)
+        .flat_map(|i| enc(&V::Array(vec![V::from(i), rec(&"x".repeat(100))])))
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&entries).unwrap();
+    let opt = V::Map(vec![(V::from("compressed"), V::from("gzip"))]);
+    let f = enc(&V::Array(vec![
+        V::from("t"),
+        V::Binary(gz.finish().unwrap()),
+        opt,
+    ]));
+    let lim = Limits::default();
+    assert!(f.len() * 3 < entries.len(), "a compressed frame");
+    assert_eq!(
+        decode_frame_within(&f, &lim, f.len() * 3),
+        Err(DecodeError::NeedsMoreBudget(f.len() * 3))
+    );
+    // with the worst case reserved it decodes
+    match decode_frame_within(&f, &lim, lim.max_frame)
+        .unwrap()
+        .unwrap()
+    {
+        (Frame::Events(ev), used) => {
+            assert_eq!(used, f.len());
+            assert_eq!(ev.count, 1_000);
+            assert_eq!(ev.entries, entries);
+        }
+        other => panic!("{other:?}"),
+    }
+    // beyond the frame limit it is still a bomb, whatever was reserved
+    let small = Limits {
+        max_decompressed: 1_000,
+        ..Limits::default()
+    };
+    assert_eq!(
+        decode_frame_within(&f, &small, usize::MAX)
+            .unwrap_err()
+            .reason(),
+        "gzip_bomb"
+    );
+}
