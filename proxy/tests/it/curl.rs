@@ -39,15 +39,7 @@ fn url(addr: SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn curl_absolute_form_through_the_proxy_listener() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let proxy_url = format!("http://{}", proxy.http);
     // GET by alias, then by the namespace-qualified name with a body (POST).
     let (head, body) = curl(&["-x", &proxy_url, "http://orders:8080/hello"]).await;

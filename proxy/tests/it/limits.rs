@@ -130,15 +130,7 @@ async fn idle_client_connections_are_closed() {
 #[tokio::test]
 async fn large_request_bodies_stream_through() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let body = Bytes::from(vec![b'x'; 300 * 1024]);
     let req = Request::post("http://orders:8080/upload")
         .body(Full::new(body))

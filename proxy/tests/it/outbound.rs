@@ -239,15 +239,7 @@ async fn slow_endpoint_loses_traffic_under_peak_ewma() {
 #[tokio::test]
 async fn keep_alive_reuses_upstream_connections() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let mut c = Client::new(proxy.http);
     for _ in 0..50 {
         assert_eq!(c.get("http://orders:8080/").await.status, StatusCode::OK);
@@ -263,15 +255,7 @@ async fn keep_alive_reuses_upstream_connections() {
 #[tokio::test]
 async fn curl_through_the_proxy() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let out = tokio::process::Command::new("curl")
         .args([
             "-sS",
@@ -311,15 +295,7 @@ async fn curl_through_the_proxy() {
 async fn endpoints_follow_discovery_updates() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("a", a.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "a", a.addr).await;
     let mut c = Client::new(proxy.http);
     assert_eq!(c.get("http://orders:8080/").await.body, "a");
     proxy.publish(
@@ -385,15 +361,7 @@ async fn unhealthy_endpoints_are_skipped_unless_none_is_healthy() {
 #[tokio::test]
 async fn metrics_count_requests_by_target_and_status_class() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let mut c = Client::new(proxy.http);
     for _ in 0..3 {
         c.get("http://orders:8080/").await;
@@ -429,15 +397,7 @@ async fn metrics_count_requests_by_target_and_status_class() {
 #[tokio::test]
 async fn traceparent_is_continued_or_started_upstream() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let mut c = Client::new(proxy.http);
     let req = Request::get("http://orders:8080/")
         .header(

@@ -42,15 +42,7 @@ async fn h2c_grpc_passes_trailers_and_speaks_h2_upstream() {
 #[tokio::test]
 async fn h2c_client_reaches_an_http1_service() {
     let up = Upstream::start("orders").await;
-    let proxy = Proxy::start(
-        config(),
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     let req = http::Request::get("http://orders:8080/")
         .body(Default::default())
         .unwrap();
