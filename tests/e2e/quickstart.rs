@@ -146,6 +146,14 @@ fn healthy_instances(service: &str) -> usize {
 
 /// Instance ids `aws servicediscovery discover-instances` returns as HEALTHY.
 pub fn healthy_instance_ids(service: &str) -> Vec<String> {
+    healthy_instances_json(service)
+        .into_iter()
+        .filter_map(|i| i["InstanceId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The HEALTHY instances `aws servicediscovery discover-instances` returns, as JSON.
+pub fn healthy_instances_json(service: &str) -> Vec<serde_json::Value> {
     let out = Command::new("aws")
         .args([
             "servicediscovery",
@@ -169,12 +177,7 @@ pub fn healthy_instance_ids(service: &str) -> Vec<String> {
         .output()
         .expect("aws cli");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["Instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["InstanceId"].as_str().map(str::to_owned))
-        .collect()
+    v["Instances"].as_array().cloned().unwrap_or_default()
 }
 
 fn quickstart_end_to_end(mode: &str) {
@@ -222,6 +225,29 @@ fn quickstart_end_to_end(mode: &str) {
         Duration::from_secs(30),
         || (healthy_instances("frontend") == 2).then_some(()),
     );
+    // Each task is registered with ECS's attributes, as Service Connect registers it.
+    for i in healthy_instances_json("orders") {
+        let a = &i["Attributes"];
+        assert_eq!(a["ECS_CLUSTER_NAME"], "quickstart", "{i}");
+        assert_eq!(a["ECS_SERVICE_NAME"], "orders", "{i}");
+        assert_eq!(a["ECS_TASK_DEFINITION_FAMILY"], "orders", "{i}");
+        let arn = a["ECS_TASK_ARN"].as_str().unwrap_or_default();
+        assert!(
+            arn.starts_with("arn:aws:ecs:")
+                && arn.ends_with(i["InstanceId"].as_str().unwrap_or("?")),
+            "{i}"
+        );
+        assert!(
+            a["AVAILABILITY_ZONE"]
+                .as_str()
+                .is_some_and(|z| !z.is_empty()),
+            "{i}"
+        );
+        assert!(
+            a["AWS_INSTANCE_IPV4"].as_str().is_some() && a["AWS_INSTANCE_PORT"].as_str().is_some(),
+            "{i}"
+        );
+    }
     let dig = Command::new("dig")
         .args([
             "@127.0.0.1",
