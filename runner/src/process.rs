@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -138,8 +138,6 @@ async fn pump(
         }
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// Makes the child get SIGKILL if the runner dies (even by SIGKILL), so a crashed runner never
 /// leaves task processes behind: they run in their own process groups, out of reach of the

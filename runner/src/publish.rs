@@ -16,7 +16,29 @@ pub async fn run(
     listener: TcpListener,
     port: PublishedPort,
     service: watch::Receiver<ServiceState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve(listener, shutdown, move || {
+        backends(&service.borrow(), &port)
+    })
+    .await;
+}
+
+/// Accepts on `listener` and splices every connection to the first of `targets` that answers.
+pub async fn splice(
+    listener: TcpListener,
+    targets: Vec<SocketAddr>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve(listener, shutdown, move || targets.clone()).await;
+}
+
+/// The accept loop both share: each connection goes to the backends `pick` gives at accept
+/// time, tried round robin from a rotating start until one accepts.
+async fn serve(
+    listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
+    pick: impl Fn() -> Vec<SocketAddr>,
 ) {
     let next = std::sync::Arc::new(AtomicUsize::new(0));
     loop {
@@ -27,13 +49,10 @@ pub async fn run(
         let Ok((mut client, _)) = accepted else {
             continue;
         };
-        let backends = backends(&service.borrow(), &port);
+        let backends = pick();
         let next = next.clone();
         tokio::spawn(async move {
             let n = backends.len();
-            if n == 0 {
-                return;
-            }
             let start = next.fetch_add(1, Ordering::Relaxed);
             for k in 0..n {
                 let addr = backends[(start + k) % n];
@@ -62,30 +81,4 @@ fn backends(state: &ServiceState, port: &PublishedPort) -> Vec<SocketAddr> {
             None => Some(SocketAddr::new(t.ip.into(), port.container_port)),
         })
         .collect()
-}
-
-/// Accepts on `listener` and splices every connection to the first of `targets` that answers.
-pub async fn splice(
-    listener: TcpListener,
-    targets: Vec<SocketAddr>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            a = listener.accept() => a,
-        };
-        let Ok((mut client, _)) = accepted else {
-            continue;
-        };
-        let targets = targets.clone();
-        tokio::spawn(async move {
-            for addr in targets {
-                if let Ok(mut upstream) = TcpStream::connect(addr).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    return;
-                }
-            }
-        });
-    }
 }

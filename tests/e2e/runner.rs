@@ -33,28 +33,54 @@ fn running_ids(state: &serde_json::Value, service: &str) -> Vec<String> {
         .collect()
 }
 
-/// Steady idempotent load through the published port until stopped: (sent, failed, first error).
-fn load(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize, Option<String>)> {
-    std::thread::spawn(move || {
-        let sent = AtomicUsize::new(0);
-        let mut failed = 0;
-        let mut first = None;
-        let mut n = 0;
-        // Bounded: at most 60 s of load, however the test goes.
-        while !stop.load(Ordering::Relaxed) && n < 3000 {
-            n += 1;
-            sent.fetch_add(1, Ordering::Relaxed);
-            match get(FRONTEND, "/") {
-                Ok((200, _)) => {}
-                other => {
-                    failed += 1;
-                    first.get_or_insert_with(|| format!("{other:?}"));
+/// Steady idempotent load through the published port, on a thread, until `finish`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<(usize, Option<String>)>,
+}
+
+impl Load {
+    fn start() -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let mut failed = 0;
+            let mut first = None;
+            // Bounded: at most 3,000 requests (about a minute), however the test goes.
+            while !s.load(Ordering::Relaxed) && n.load(Ordering::Relaxed) < 3000 {
+                n.fetch_add(1, Ordering::Relaxed);
+                match get(FRONTEND, "/") {
+                    Ok((200, _)) => {}
+                    other => {
+                        failed += 1;
+                        first.get_or_insert_with(|| format!("{other:?}"));
+                    }
                 }
+                std::thread::sleep(Duration::from_millis(20)); // the load's pace, ~50 req/s
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (sent.into_inner(), failed, first)
-    })
+            (failed, first)
+        });
+        Load { stop, sent, thread }
+    }
+
+    /// Waits until `n` more requests have been sent (the load is flowing).
+    fn wait_more(&self, n: usize) {
+        let target = self.sent.load(Ordering::Relaxed) + n;
+        eventually(
+            "the load to send more requests",
+            Duration::from_secs(60),
+            || (self.sent.load(Ordering::Relaxed) >= target).then_some(()),
+        );
+    }
+
+    /// Stops the load: (sent, failed, first failure).
+    fn finish(self) -> (usize, usize, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (failed, first) = self.thread.join().expect("load thread");
+        (self.sent.load(Ordering::Relaxed), failed, first)
+    }
 }
 
 /// SIGKILL one `orders` app under steady load: no client request fails, the task is replaced
@@ -71,9 +97,8 @@ fn serial_killed_app_is_replaced_without_client_failures() {
     let victim_id = victim["id"].as_str().expect("task id").to_owned();
     let pid = victim["containers"][0]["pid"].as_u64().expect("app pid");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(stop.clone());
-    std::thread::sleep(Duration::from_millis(500)); // let load flow before the kill
+    let load = Load::start();
+    load.wait_more(20);
     let killed = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -86,9 +111,8 @@ fn serial_killed_app_is_replaced_without_client_failures() {
         let ids = running_ids(&s, "orders");
         (ids.len() == 3 && !ids.contains(&victim_id)).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1)); // keep load flowing over the replacement
-    stop.store(true, Ordering::Relaxed);
-    let (sent, failed, first) = loader.join().expect("load thread");
+    load.wait_more(40); // keep load flowing over the replacement
+    let (sent, failed, first) = load.finish();
     assert!(sent > 50, "too little load to mean anything: {sent}");
     assert_eq!(
         failed, 0,
@@ -207,9 +231,8 @@ fn serial_rolling_update_under_load_has_no_failures() {
         (ids.len() == 3).then_some(ids)
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(stop.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    let load = Load::start();
+    load.wait_more(20);
     // A new revision of orders: one more environment variable.
     let task = dir.path().join("orders.task.json");
     let text = std::fs::read_to_string(&task).expect("read");
@@ -236,9 +259,8 @@ fn serial_rolling_update_under_load_has_no_failures() {
             (ids.len() == 3 && all_tasks == 3 && ids.iter().all(|i| !old.contains(i))).then_some(())
         },
     );
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let (sent, failed, first) = loader.join().expect("load thread");
+    load.wait_more(20);
+    let (sent, failed, first) = load.finish();
     assert!(sent > 50, "too little load to mean anything: {sent}");
     assert_eq!(
         failed, 0,
