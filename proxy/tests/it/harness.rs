@@ -286,11 +286,18 @@ pub struct Proxy {
 impl Proxy {
     /// Default settings and one service `name` at `alias` with a single endpoint `id` at `addr`.
     pub async fn single(name: &str, alias: &str, id: &str, addr: SocketAddr) -> Proxy {
-        Proxy::start(
-            config(),
-            vec![service(name, alias, vec![endpoint(id, addr)])],
-        )
-        .await
+        Proxy::single_with(config(), name, alias, id, addr).await
+    }
+
+    /// `single` with the given settings.
+    pub async fn single_with(
+        config: ProxyConfig,
+        name: &str,
+        alias: &str,
+        id: &str,
+        addr: SocketAddr,
+    ) -> Proxy {
+        Proxy::start(config, vec![service(name, alias, vec![endpoint(id, addr)])]).await
     }
 
     pub async fn start(config: ProxyConfig, services: Vec<ServiceInfo>) -> Proxy {

@@ -18,15 +18,7 @@ async fn pending_request_limit_answers_503_with_the_reason() {
     slow.set(Behavior::Delay(Duration::from_millis(800)));
     let mut cfg = config();
     cfg.limits.max_pending_requests = 1;
-    let proxy = Proxy::start(
-        cfg,
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("s", slow.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "s", slow.addr).await;
     let addr = proxy.http;
     let first = tokio::spawn(async move { Client::new(addr).get("http://orders:8080/").await });
     eventually(5, "first request reaches the app", || async {
@@ -95,15 +87,7 @@ async fn idle_client_connections_are_closed() {
     let up = Upstream::start("orders").await;
     let mut cfg = config();
     cfg.default_policy.timeouts.idle = Some(Duration::from_millis(200));
-    let proxy = Proxy::start(
-        cfg,
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "o", up.addr).await;
     let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -251,15 +235,7 @@ async fn connections_over_the_listener_limit_get_503() {
     let up = Upstream::start("orders").await;
     let mut cfg = config();
     cfg.limits.max_connections = 1;
-    let proxy = Proxy::start(
-        cfg,
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "o", up.addr).await;
     let mut first = Client::new(proxy.http);
     assert_eq!(
         first.get("http://orders:8080/").await.status,
@@ -280,15 +256,7 @@ async fn slowloris_clients_are_cut_off_and_others_unaffected() {
     let up = Upstream::start("orders").await;
     let mut cfg = config();
     cfg.limits.header_read_timeout = Duration::from_millis(200);
-    let proxy = Proxy::start(
-        cfg,
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("o", up.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "o", up.addr).await;
     let mut slow = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
     slow.write_all(b"GET http://orders:8080/ HTTP/1.1\r\nhost: ord")
         .await

@@ -157,15 +157,7 @@ async fn slow_upstream_times_out_with_504() {
     slow.set(Behavior::Delay(Duration::from_secs(30)));
     let mut cfg = config();
     cfg.default_policy.timeouts.per_request = Some(Duration::from_millis(200));
-    let proxy = Proxy::start(
-        cfg,
-        vec![service(
-            "orders",
-            "orders:8080",
-            vec![endpoint("s", slow.addr)],
-        )],
-    )
-    .await;
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "s", slow.addr).await;
     let r = Client::new(proxy.http).get("http://orders:8080/").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(
