@@ -19,6 +19,10 @@ pub struct Stack {
     pub task_definitions: BTreeMap<String, TaskDefinition>,
     /// In the order the files were given.
     pub services: Vec<Service>,
+    /// The file each task definition came from, by family.
+    pub task_definition_files: BTreeMap<String, PathBuf>,
+    /// The file each service came from, in the order of `services`.
+    pub service_files: Vec<PathBuf>,
 }
 
 /// One parsed file: a task definition or a service.
@@ -193,6 +197,7 @@ fn assemble(docs: Vec<Document>, require_task_definitions: bool) -> Result<Stack
     let mut problems = Vec::new();
     let mut task_definitions: BTreeMap<String, TaskDefinition> = BTreeMap::new();
     let mut family_files: HashMap<String, String> = HashMap::new();
+    let mut task_definition_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut services = Vec::new();
     for doc in docs {
         match doc.definition {
@@ -207,6 +212,7 @@ fn assemble(docs: Vec<Document>, require_task_definitions: bool) -> Result<Stack
                     continue;
                 }
                 family_files.insert(td.family.clone(), doc.file.clone());
+                task_definition_files.insert(td.family.clone(), PathBuf::from(&doc.file));
                 task_definitions.insert(td.family.clone(), td);
             }
             Definition::Service(s) => services.push((doc.file, doc.index, s)),
@@ -359,8 +365,14 @@ fn assemble(docs: Vec<Document>, require_task_definitions: bool) -> Result<Stack
     if !problems.is_empty() {
         return Err(Diagnostics::new(problems));
     }
+    let (service_files, services) = services
+        .into_iter()
+        .map(|(file, _, s)| (PathBuf::from(file), s))
+        .unzip();
     Ok(Stack {
         task_definitions,
-        services: services.into_iter().map(|(_, _, s)| s).collect(),
+        services,
+        task_definition_files,
+        service_files,
     })
 }

@@ -1,10 +1,9 @@
 //! From a validated stack directory to what the runner starts.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use skiff_config::task::{DependencyCondition, HealthCheckCommand, LogDriver};
-use skiff_config::{Definition, Diagnostics, Stack};
+use skiff_config::{Diagnostics, Stack};
 
 use crate::firelens::FirelensPlan;
 use crate::plan::{
@@ -16,46 +15,17 @@ use crate::plan::{
 /// every service in it.
 pub fn load(dir: &Path) -> Result<Vec<ServicePlan>, Diagnostics> {
     let stack = skiff_config::load_dir(dir)?;
-    let files = definition_files(dir);
-    Ok(plan(&stack, &files))
+    Ok(plan(&stack))
 }
 
-/// Which file holds each task definition family and each service (the sidecar reads them).
-#[derive(Default)]
-struct Files {
-    task_definitions: BTreeMap<String, PathBuf>,
-    services: BTreeMap<String, PathBuf>,
+/// The absolute form of a definition's file: the sidecar reads it from its own directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-fn definition_files(dir: &Path) -> Files {
-    let mut files = Files::default();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let path = std::path::absolute(&path).unwrap_or(path);
-        match skiff_config::parse_str(&path.display().to_string(), &text) {
-            Ok(Definition::TaskDefinition(t)) => {
-                files.task_definitions.insert(t.family, path);
-            }
-            Ok(Definition::Service(s)) => {
-                files.services.insert(s.service_name, path);
-            }
-            Err(_) => {}
-        }
-    }
-    files
-}
-
-fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
+fn plan(stack: &Stack) -> Vec<ServicePlan> {
     let mut plans = Vec::new();
-    for service in &stack.services {
+    for (service, service_file) in stack.services.iter().zip(&stack.service_files) {
         let Some(task) = stack.task_definition(service) else {
             continue; // load_dir refuses a service without its task definition
         };
@@ -136,16 +106,12 @@ fn plan(stack: &Stack, files: &Files) -> Vec<ServicePlan> {
                 .collect(),
             family: task.family.clone(),
             revision: service.task_definition.revision.map_or(1, |r| r.get()),
-            task_definition_path: files
-                .task_definitions
+            task_definition_path: stack
+                .task_definition_files
                 .get(&task.family)
-                .cloned()
+                .map(|p| absolute(p))
                 .unwrap_or_default(),
-            service_path: files
-                .services
-                .get(&service.service_name)
-                .cloned()
-                .unwrap_or_default(),
+            service_path: absolute(service_file),
             desired_count: service.desired_count,
             minimum_healthy_percent: service.deployment_configuration.minimum_healthy_percent,
             maximum_percent: service.deployment_configuration.maximum_percent,
