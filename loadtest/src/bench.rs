@@ -344,7 +344,7 @@ impl RunningOrigin {
     fn addr(&self) -> SocketAddr {
         match self {
             RunningOrigin::Child(_, addr) => *addr,
-            RunningOrigin::Thread(origin) => origin.addr,
+            RunningOrigin::Thread(origin) => origin.addr(),
         }
     }
 
@@ -399,60 +399,28 @@ async fn start_origin(
 }
 
 /// The demo app on a dedicated single-threaded runtime.
-struct InProcessOrigin {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::sync::oneshot::Receiver<()>,
-}
+struct InProcessOrigin(harness::PinnedServer);
 
 // === impl InProcessOrigin ===
 
 impl InProcessOrigin {
     async fn start(cpu: Option<usize>) -> Result<InProcessOrigin, LoadtestError> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| LoadtestError::Bind {
-                addr: "127.0.0.1:0".into(),
-                source,
-            })?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (finished, done) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("skiff-bench-origin".into())
-            .spawn(move || {
-                if let Some(cpu) = cpu
-                    && let Err(error) = process::pin_current_thread(cpu)
-                {
-                    tracing::warn!(%error, "cannot pin the origin");
-                }
-                let served = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(LoadtestError::from)
-                    .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let listener = tokio::net::TcpListener::from_std(listener)?;
-                            let mut opts = crate::DemoServeOptions::new("origin", addr.port());
-                            opts.host = "127.0.0.1".into();
-                            opts.proxy = None;
-                            crate::demo_serve_listener(listener, opts, async move {
-                                let _ = stopped.await;
-                            })
-                            .await
-                        })
-                    });
-                if let Err(error) = served {
-                    tracing::warn!(%error, "in-process origin failed");
-                }
-                let _ = finished.send(());
-            })?;
-        Ok(InProcessOrigin { addr, stop, done })
+        let server = harness::PinnedServer::start("origin", cpu, |listener, stop| async move {
+            let port = listener.local_addr()?.port();
+            let mut opts = crate::DemoServeOptions::new("origin", port);
+            opts.host = "127.0.0.1".into();
+            opts.proxy = None;
+            crate::demo_serve_listener(listener, opts, stop).await
+        })?;
+        Ok(InProcessOrigin(server))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.done).await;
+        self.0.stop(Duration::from_secs(10)).await;
     }
 }
 

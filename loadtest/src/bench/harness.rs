@@ -250,3 +250,72 @@ pub fn mib(kib: u64) -> f64 {
 pub fn ticks_to_secs(ticks: u64, ticks_per_second: u64) -> f64 {
     ticks as f64 / ticks_per_second.max(1) as f64
 }
+
+/// A loopback server on its own thread and single-threaded runtime (pinned to `cpu` when
+/// given), so what it serves does not share the runtime of the load it answers.
+pub struct PinnedServer {
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Resolves when the server is asked to stop.
+pub type StopSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+// === impl PinnedServer ===
+
+impl PinnedServer {
+    /// Binds 127.0.0.1:0 and runs `serve(listener, stop)` on a new thread named `name`.
+    pub fn start<F, Fut>(name: &str, cpu: Option<usize>, serve: F) -> Result<Self, LoadtestError>
+    where
+        F: FnOnce(tokio::net::TcpListener, StopSignal) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), LoadtestError>>,
+    {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| LoadtestError::Bind {
+                addr: "127.0.0.1:0".into(),
+                source,
+            })?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel::<()>();
+        let what = name.to_owned();
+        std::thread::Builder::new()
+            .name(format!("skiff-bench-{name}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(error) = process::pin_current_thread(cpu)
+                {
+                    tracing::warn!(%error, server = %what, "cannot pin the server");
+                }
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(LoadtestError::from)
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            serve(
+                                listener,
+                                Box::pin(async move {
+                                    let _ = stopped.await;
+                                }),
+                            )
+                            .await
+                        })
+                    });
+                if let Err(error) = served {
+                    tracing::warn!(%error, server = %what, "server failed");
+                }
+                let _ = finished.send(());
+            })?;
+        Ok(PinnedServer { addr, stop, done })
+    }
+
+    /// Asks it to stop and waits (bounded) for its thread to finish.
+    pub async fn stop(self, within: Duration) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(within, self.done).await;
+    }
+}

@@ -21,7 +21,6 @@ use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
 use super::harness::{Check, checks_table, fmt_opt};
-use super::process;
 use super::{BenchReport, BenchRow, Peer, peer_name};
 use crate::LoadtestError;
 use crate::load::report::trim_float;
@@ -309,8 +308,7 @@ fn status_only(status: http::StatusCode) -> http::Response<Full<Bytes>> {
 pub struct OtlpSink {
     pub addr: SocketAddr,
     pub counts: Arc<SinkCounts>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::sync::oneshot::Receiver<()>,
+    server: super::harness::PinnedServer,
 }
 
 // === impl OtlpSink ===
@@ -318,55 +316,22 @@ pub struct OtlpSink {
 impl OtlpSink {
     /// Binds 127.0.0.1:0 and serves on a new thread pinned to `cpu`.
     pub fn start(cpu: Option<usize>) -> Result<OtlpSink, LoadtestError> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| LoadtestError::Bind {
-                addr: "127.0.0.1:0".into(),
-                source,
-            })?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let counts = Arc::new(SinkCounts::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (finished, done) = tokio::sync::oneshot::channel::<()>();
         let served = counts.clone();
-        std::thread::Builder::new()
-            .name("skiff-bench-otlp".into())
-            .spawn(move || {
-                if let Some(cpu) = cpu
-                    && let Err(error) = process::pin_current_thread(cpu)
-                {
-                    tracing::warn!(%error, "cannot pin the otlp sink");
-                }
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(LoadtestError::from)
-                    .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let listener = tokio::net::TcpListener::from_std(listener)?;
-                            run(listener, served, async move {
-                                let _ = stopped.await;
-                            })
-                            .await;
-                            Ok(())
-                        })
-                    });
-                if let Err(error) = result {
-                    tracing::warn!(%error, "otlp sink failed");
-                }
-                let _ = finished.send(());
+        let server =
+            super::harness::PinnedServer::start("otlp", cpu, |listener, stop| async move {
+                run(listener, served, stop).await;
+                Ok(())
             })?;
         Ok(OtlpSink {
-            addr,
+            addr: server.addr,
             counts,
-            stop,
-            done,
+            server,
         })
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.done).await;
+        self.server.stop(Duration::from_secs(5)).await;
     }
 }
 
