@@ -14,6 +14,11 @@ const RECORDS_PER_FRAME: u64 = 4_000;
 /// with the frame budget and the connection cap, and 38–115 MiB without them, so 36 MiB keeps a
 /// margin against allocator noise while still failing if either mechanism breaks.
 const MAX_PEAK_RSS_KIB: u64 = 36 * 1024;
+/// Highly compressed frames vary more (25–45 MiB seen, 115 MiB without the decompression
+/// charge): a looser bound that still fails if inflating is no longer charged to the budget.
+const MAX_PEAK_RSS_COMPRESSED_KIB: u64 = 72 * 1024;
+/// Big uncompressed frames: 25–27 MiB seen with the frame budget, 52 MiB without it.
+const MAX_PEAK_RSS_BIG_FRAMES_KIB: u64 = 46 * 1024;
 
 /// A value in KiB from /proc/PID/status (`VmHWM`: peak RSS, `VmRSS`: current).
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -45,6 +50,7 @@ async fn serial_many_clients_sending_big_frames_stay_within_the_memory_target() 
         &out,
         total,
         &format!("{CLIENTS} clients x {FRAMES_PER_CLIENT} frames of {RECORDS_PER_FRAME} records"),
+        MAX_PEAK_RSS_BIG_FRAMES_KIB,
     )
     .await;
 }
@@ -104,6 +110,7 @@ async fn check_delivered_within_target(
     out: &Path,
     total: u64,
     what: &str,
+    max_kib: u64,
 ) {
     let pid = child.id();
     eventually(60, "every acknowledged record in the file output", || {
@@ -121,10 +128,7 @@ async fn check_delivered_within_target(
         (0..total).collect::<Vec<_>>(),
         "every acked record delivered"
     );
-    assert!(
-        peak < MAX_PEAK_RSS_KIB,
-        "peak RSS {peak} KiB above {MAX_PEAK_RSS_KIB} KiB"
-    );
+    assert!(peak < max_kib, "peak RSS {peak} KiB above {max_kib} KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,6 +153,7 @@ async fn serial_many_clients_sending_highly_compressed_frames_stay_within_the_me
         &out,
         total,
         &format!("{CLIENTS} clients x {FRAMES} compressed frames of {RECORDS} records"),
+        MAX_PEAK_RSS_COMPRESSED_KIB,
     )
     .await;
 }
@@ -213,6 +218,7 @@ async fn serial_thousands_of_idle_connections_neither_grow_the_router_nor_stop_a
         &out,
         total,
         &format!("{connected} of {IDLE} idle connections holding 12 KB each + one working client"),
+        MAX_PEAK_RSS_KIB,
     )
     .await;
     stop.send_replace(true);
