@@ -357,16 +357,18 @@ fn serial_quickstart_awsvpc_mode() {
         eprintln!("skipped: awsvpc mode needs root");
         return;
     }
-    assert!(
-        leftover_network().is_empty(),
-        "leftovers before the test: {:?}",
-        leftover_network()
+    // The kernel removes a deleted namespace's veth a moment later: poll, with a deadline.
+    let gone = || leftover_network().is_empty().then_some(());
+    eventually(
+        "no skiff namespace, veth or bridge before the test",
+        Duration::from_secs(10),
+        gone,
     );
     quickstart_end_to_end("awsvpc");
-    assert_eq!(
-        leftover_network(),
-        Vec::<String>::new(),
-        "network left behind after Ctrl-C"
+    eventually(
+        "no skiff namespace, veth or bridge left after Ctrl-C",
+        Duration::from_secs(10),
+        gone,
     );
 }
 
