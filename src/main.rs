@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod heap;
+
 /// ECS Service Connect that runs anywhere: registry, sidecar proxy, log router and runner.
 #[derive(Parser)]
 #[command(name = "skiff", version, about, propagate_version = true)]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `skiff_proxy=debug`.
+    /// Log filter: a level and/or `target=level` pairs, e.g. `info`, `warn,skiff_proxy=debug`.
     #[arg(long, global = true, env = "SKIFF_LOG", default_value = "info")]
     log: String,
 
@@ -370,7 +372,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(&cli.log, cli.log_format);
+    if let Err(message) = init_logging(&cli.log, cli.log_format) {
+        eprintln!("skiff: {message}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
@@ -534,7 +539,13 @@ fn block_on(
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(f) {
+    let run = async {
+        let trimmer = tokio::spawn(heap::trim_periodically());
+        let result = f.await;
+        trimmer.abort();
+        result
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
             eprintln!("skiff: {message}");
@@ -543,15 +554,22 @@ fn block_on(
     }
 }
 
-fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Logs go to stderr, filtered by `filter`: a level (`info`) and/or `target=level` pairs
+/// (`warn,skiff_proxy=debug`). A plain target list rather than `EnvFilter`'s regex-backed
+/// syntax: compiling those regexes at every start cost each sidecar ~2 MiB of resident code.
+fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let targets: tracing_subscriber::filter::Targets = filter.parse().map_err(|e| {
+        format!("--log {filter:?}: {e} (expected a level such as `info`, or `target=level` pairs such as `warn,skiff_proxy=debug`)")
+    })?;
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(targets);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
     }
+    Ok(())
 }

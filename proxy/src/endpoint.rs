@@ -12,10 +12,13 @@ use tokio::time::Instant;
 use crate::balance::PeakEwma;
 use crate::config::OutlierConfig;
 use crate::outlier::Outlier;
+use crate::pool::Pool;
 
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) authority: Authority,
+    /// Upstream connections to this address.
+    pub(crate) pool: Pool,
     state: Mutex<State>,
     pending: AtomicUsize,
     requests: AtomicU64,
@@ -39,6 +42,10 @@ pub(crate) struct EndpointView {
     pub(crate) ejections: u32,
     pub(crate) ejected: bool,
     pub(crate) ejected_for_ms: Option<u64>,
+    /// Upstream connections opened to this endpoint so far.
+    pub(crate) connections_opened: u64,
+    /// Pooled HTTP/1.1 connections waiting for a request.
+    pub(crate) idle_connections: usize,
 }
 
 /// Decrements the endpoint's pending count when dropped.
@@ -62,6 +69,7 @@ impl Endpoint {
         Endpoint {
             addr,
             authority,
+            pool: Pool::default(),
             state: Mutex::new(State {
                 ewma: PeakEwma::new(initial_rtt, now),
                 outlier: Outlier::default(),
@@ -138,6 +146,8 @@ impl Endpoint {
             ejections: st.outlier.ejections(),
             ejected: st.outlier.is_ejected(now),
             ejected_for_ms: st.outlier.ejected_for(now).map(|d| d.as_millis() as u64),
+            connections_opened: self.pool.opened(),
+            idle_connections: self.pool.idle_count(),
         }
     }
 }

@@ -11,18 +11,16 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::access::{AccessLogSink, ForwardInfo};
 use crate::concrete::Concrete;
 use crate::config::{AccessLog, ProxyConfig};
-use crate::connect::Connector;
-use crate::error::{ProxyError, Retryable};
+use crate::error::ProxyError;
 use crate::logical::{Table, split_authority};
+use crate::pool::{Connector, ResponseBody, SendError};
 use crate::retry::{RetryReason, backoff, is_idempotent};
 use crate::trace::{ServerSpan, Tracer};
 use crate::{Body, BoxError};
@@ -43,8 +41,7 @@ pub(crate) struct Forwarder {
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) tracer: Tracer,
     pub(crate) access_log_sink: AccessLogSink,
-    h1: Client<Connector, Body>,
-    h2: Client<Connector, Body>,
+    connector: Connector,
 }
 
 /// A request body that can be sent more than once (or not).
@@ -57,7 +54,7 @@ enum ReplayBody {
 /// What one attempt came to.
 enum Attempt {
     Response {
-        resp: Response<Incoming>,
+        resp: Response<ResponseBody>,
         retry: Option<RetryReason>,
         success: bool,
     },
@@ -84,27 +81,16 @@ impl Forwarder {
         tracer: Tracer,
         access_log_sink: AccessLogSink,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.default_policy.timeouts.connect));
-        connector.set_nodelay(true);
-        let build = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.limits.pool_idle_timeout)
-                .pool_max_idle_per_host(config.limits.pool_max_idle_per_endpoint)
-                .retry_canceled_requests(true)
-                .set_host(false)
-                .http2_only(h2)
-                .build(Connector(connector.clone()))
-        };
-        let (h1, h2) = (build(false), build(true));
+        let connector = Connector::new(
+            config.default_policy.timeouts.connect,
+            config.limits.pool_idle_timeout,
+            config.limits.pool_max_idle_per_endpoint,
+        );
         Forwarder {
             config,
             tracer,
             access_log_sink,
-            h1,
-            h2,
+            connector,
         }
     }
 
@@ -193,13 +179,10 @@ impl Forwarder {
                 (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(now))),
                 (t, d) => t.or(d.map(|d| d.saturating_duration_since(now))),
             };
-            let client = if concrete.protocol.is_h2() {
-                &self.h2
-            } else {
-                &self.h1
-            };
             let guard = ep.begin();
-            let sent = client.request(upstream);
+            let sent = self
+                .connector
+                .send(ep, upstream, concrete.protocol.is_h2(), now);
             let res = match try_timeout {
                 Some(t) => tokio::time::timeout_at(now + t, sent).await.map_err(|_| t),
                 None => Ok(sent.await),
@@ -387,7 +370,7 @@ impl Forwarder {
 /// Passes a gRPC response through and records its `grpc-status` trailer for outlier
 /// detection and metrics (a non-zero or missing status is a failure).
 struct GrpcStatusBody {
-    inner: Incoming,
+    inner: ResponseBody,
     metrics: Arc<crate::metrics::TargetMetrics>,
     concrete: Arc<Concrete>,
     idx: usize,
@@ -574,14 +557,20 @@ fn build_request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::BadRequest {
-            reason: e.to_string(),
-        })?;
+    // HTTP/2 names the endpoint in `:authority`; HTTP/1.1 sends origin-form with the Host
+    // the client gave.
+    let uri = if h2 {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::BadRequest {
+                reason: e.to_string(),
+            })?
+    } else {
+        Uri::from(pq)
+    };
     let mut headers = upstream_headers(&parts.headers, upgrade);
     if !headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -603,7 +592,7 @@ fn build_request(
 
 /// classify: turns the client's answer into an attempt outcome.
 fn classify(
-    res: Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Duration>,
+    res: Result<Result<Response<ResponseBody>, SendError>, Duration>,
     concrete: &Concrete,
     addr: std::net::SocketAddr,
     grpc: bool,
@@ -617,31 +606,16 @@ fn classify(
             },
             retry: Some(RetryReason::Timeout),
         },
-        Ok(Err(e)) if e.is_connect() => {
-            let timed_out = source_chain(&e).any(|s| {
-                s.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            });
-            let err = if timed_out {
-                ProxyError::ConnectTimeout {
-                    service: service(),
-                    addr: addr.to_string(),
-                }
-            } else {
-                ProxyError::Connect {
-                    service: service(),
-                    addr: addr.to_string(),
-                    source: Box::new(e),
-                }
-            };
-            debug_assert_eq!(err.retryable(), Retryable::Always);
+        Ok(Err(SendError::Connect(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
             Attempt::Failed {
-                err,
+                err: ProxyError::ConnectTimeout {
+                    service: service(),
+                    addr: addr.to_string(),
+                },
                 retry: Some(RetryReason::Connect),
             }
         }
-        // The server refused the stream before processing it: like a connect failure.
-        Ok(Err(e)) if refused_stream(&e) => Attempt::Failed {
+        Ok(Err(e @ (SendError::Connect(_) | SendError::Handshake(_)))) => Attempt::Failed {
             err: ProxyError::Connect {
                 service: service(),
                 addr: addr.to_string(),
@@ -649,7 +623,16 @@ fn classify(
             },
             retry: Some(RetryReason::Connect),
         },
-        Ok(Err(e)) => Attempt::Failed {
+        // The server refused the stream before processing it: like a connect failure.
+        Ok(Err(SendError::Request(e))) if refused_stream(&e) => Attempt::Failed {
+            err: ProxyError::Connect {
+                service: service(),
+                addr: addr.to_string(),
+                source: Box::new(e),
+            },
+            retry: Some(RetryReason::Connect),
+        },
+        Ok(Err(SendError::Request(e))) => Attempt::Failed {
             err: ProxyError::Reset {
                 service: service(),
                 addr: addr.to_string(),
@@ -695,7 +678,7 @@ fn source_chain<'a>(
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket and friends).
-fn splice_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Incoming>) {
+fn splice_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<ResponseBody>) {
     let up = hyper::upgrade::on(resp);
     tokio::spawn(async move {
         let (down, up) = match tokio::try_join!(down, up) {

@@ -67,6 +67,8 @@ pub(crate) struct HttpListener {
     pub(crate) handler: Handler,
     pub(crate) phase: watch::Receiver<Phase>,
     pub(crate) idle: Option<Duration>,
+    /// Time an HTTP/1.1 client has to send a whole request head once its first byte came.
+    header_read_timeout: Duration,
     pub(crate) grace: Duration,
     pub(crate) metrics: Metrics,
     /// HTTP/1 connections (most of them).
@@ -77,20 +79,39 @@ pub(crate) struct HttpListener {
     bytes: ByteCounters,
 }
 
+/// What hyper runs for each request.
+type RequestFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send + 'static>>;
+
 /// Checks of a connection's activity per idle timeout period.
 const IDLE_CHECKS: u32 = 8;
 
-/// Activity and in-flight requests of one connection, for the idle timeout.
+/// Activity and in-flight requests of one connection, for the idle and header timeouts.
 ///
 /// Activity is a flag, not a timestamp, so that reads and writes never read the clock: the
 /// idle check looks at (and clears) it [`IDLE_CHECKS`] times per idle period, so a connection
 /// closes between `idle` and `idle × (1 + 1/IDLE_CHECKS)` after its last byte.
+///
+/// The header timeout is ours, not hyper's: hyper's also runs while a keep-alive connection
+/// waits for its next request, closing idle clients after 10 s instead of the idle timeout.
+/// Here it starts with the first byte of a request head and stops when the request begins.
 pub(crate) struct Activity {
     /// The connection carried an HTTP/2 request.
     h2: AtomicBool,
     /// A byte moved or a request ended since the last check.
     touched: AtomicBool,
     active: AtomicUsize,
+    /// Bytes of a request head arrived while no request was in flight, and it has not begun.
+    head_pending: AtomicBool,
+}
+
+/// Why a connection's timer fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A request head took longer than the header read timeout.
+    Header,
 }
 
 /// Counts a request in flight on a connection while alive.
@@ -140,8 +161,9 @@ impl HttpListener {
     ) -> Self {
         let max_buf = limits.max_header_bytes.max(8192);
         let mut h1 = http1::Builder::new();
+        // No hyper header timeout (see `Activity`).
         h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_buf)
             // The buffer limit alone is approximate (a read may fill a grown buffer past it).
             .max_header_size(limits.max_header_bytes)
@@ -150,7 +172,7 @@ impl HttpListener {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_buf)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
@@ -159,6 +181,7 @@ impl HttpListener {
             handler,
             phase,
             idle,
+            header_read_timeout: limits.header_read_timeout,
             grace,
             bytes: ByteCounters::new(&metrics, name),
             metrics,
@@ -345,7 +368,7 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
     let sniffed = tokio::select! {
         res = sniff(&stream) => res,
         () = wait_for(&mut phase, Phase::Stopping) => Ok(None),
-        () = activity.idle_expired(ctx.idle), if ctx.idle.is_some() => Ok(None),
+        _ = activity.expired(ctx.idle, None), if ctx.idle.is_some() => Ok(None),
     };
     let sniffed = match sniffed {
         Ok(Some(s)) => s,
@@ -355,18 +378,22 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
     let io = TokioIo::new(IdleIo::new(stream, activity.clone(), ctx.bytes.clone()));
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |req: Request<Incoming>| -> RequestFuture {
         let ctx = svc_ctx.clone();
         if req.version() == Version::HTTP_2 {
             svc_activity.h2.store(true, Ordering::Relaxed);
         }
         let guard = svc_activity.begin();
-        async move {
+        // Boxed: hyper keeps room for one request future in every connection, idle or not,
+        // so an unboxed one (~3 KiB) would cost that much per keep-alive client.
+        Box::pin(async move {
             let resp = ctx.handle(req, peer).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
-        }
+        })
     });
+    // Only HTTP/1.1 has request heads to time; HTTP/2 clients may idle between frames.
+    let header_timeout = (sniffed == Sniffed::Http1).then_some(ctx.header_read_timeout);
     let conn = match sniffed {
         Sniffed::Http1 => Either::Left(ctx.h1.serve_connection(io, service).with_upgrades()),
         Sniffed::Auto => Either::Right(ctx.builder.serve_connection_with_upgrades(io, service)),
@@ -407,7 +434,12 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
                 }
                 hard_stop = Some(Instant::now() + ctx.grace);
             }
-            () = activity.idle_expired(ctx.idle), if hard_stop.is_none() && ctx.idle.is_some() => {
+            expired = activity.expired(ctx.idle, header_timeout), if hard_stop.is_none() && (ctx.idle.is_some() || header_timeout.is_some()) => {
+                if expired == Expired::Header {
+                    ctx.metrics.downstream_errors.with_label_values(&["header_read_timeout"]).inc();
+                    tracing::debug!(listener = ctx.name, %peer, "request head not received in time; closing");
+                    break;
+                }
                 either!(c => c.graceful_shutdown());
                 hard_stop = Some(Instant::now() + ctx.grace);
             }
@@ -470,6 +502,7 @@ impl Activity {
             h2: AtomicBool::new(false),
             touched: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            head_pending: AtomicBool::new(false),
         }
     }
 
@@ -479,17 +512,33 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.head_pending.store(false, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
 
-    /// Resolves when nothing was in flight and no byte moved for `idle` (counted from the
-    /// call at the earliest; see [`Activity`] for the precision).
-    pub(crate) async fn idle_expired(&self, idle: Option<Duration>) {
-        let Some(idle) = idle else {
-            return std::future::pending().await;
-        };
-        let step = (idle / IDLE_CHECKS).max(Duration::from_millis(1));
-        let mut quiet = Duration::ZERO;
+    /// Bytes came in: between requests, they start a request head.
+    fn received(&self) {
+        self.touch();
+        if self.active.load(Ordering::Relaxed) == 0 {
+            self.head_pending.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when nothing was in flight and no byte moved for `idle`, or when a request
+    /// head has been pending for `header` (each counted from the call at the earliest; see
+    /// [`Activity`] for the precision).
+    pub(crate) async fn expired(
+        &self,
+        idle: Option<Duration>,
+        header: Option<Duration>,
+    ) -> Expired {
+        let step = match (idle, header) {
+            (Some(i), Some(h)) => (i / IDLE_CHECKS).min(h / IDLE_CHECKS),
+            (Some(t), None) | (None, Some(t)) => t / IDLE_CHECKS,
+            (None, None) => return std::future::pending().await,
+        }
+        .max(Duration::from_millis(1));
+        let (mut quiet, mut heading) = (Duration::ZERO, Duration::ZERO);
         let mut at = Instant::now();
         loop {
             at += step;
@@ -497,8 +546,16 @@ impl Activity {
             let busy = self.touched.swap(false, Ordering::Relaxed)
                 || self.active.load(Ordering::Relaxed) > 0;
             quiet = if busy { Duration::ZERO } else { quiet + step };
-            if quiet >= idle {
-                return;
+            heading = if self.head_pending.load(Ordering::Relaxed) {
+                heading + step
+            } else {
+                Duration::ZERO
+            };
+            if idle.is_some_and(|idle| quiet >= idle) {
+                return Expired::Idle;
+            }
+            if header.is_some_and(|header| heading > header) {
+                return Expired::Header;
             }
         }
     }
@@ -526,7 +583,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
         if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
-            self.activity.touch();
+            self.activity.received();
             self.bytes.rx.inc_by(n as u64);
         }
         res

@@ -153,7 +153,7 @@ async fn proxy_connection(down: TcpStream, ctx: &TcpListenerCtx) -> Result<(), P
                 }
                 return Ok(());
             }
-            () = activity.idle_expired(ctx.idle) => {
+            _ = activity.expired(ctx.idle, None) => {
                 tracing::debug!(listener = ctx.name, "tcp connection idle; closing");
                 return Ok(());
             }

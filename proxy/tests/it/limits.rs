@@ -289,3 +289,107 @@ async fn inbound_http2_entry_speaks_h2c_to_the_app() {
     assert_eq!(r.headers["x-seen-version"], "HTTP/2.0");
     assert_eq!(r.trailers.expect("trailers")["grpc-status"], "0");
 }
+
+#[tokio::test]
+async fn idle_keep_alive_clients_outlive_the_header_read_timeout() {
+    let up = Upstream::start("orders").await;
+    let mut cfg = config();
+    cfg.limits.header_read_timeout = Duration::from_millis(100);
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "o", up.addr).await;
+    let mut c = Client::new(proxy.http);
+    assert_eq!(c.get("http://orders:8080/").await.status, StatusCode::OK);
+    // The measurement itself: the client idles through several header timeouts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.get("http://orders:8080/").await.status, StatusCode::OK);
+    assert_eq!(
+        c.connects, 1,
+        "an idle keep-alive connection is closed by the idle timeout, not the header timeout"
+    );
+    let metrics = proxy.admin_get("/metrics").await.body;
+    assert!(
+        !metrics.lines().any(|l| l.contains("header_read_timeout")
+            && !l.starts_with('#')
+            && !l.ends_with(" 0")),
+        "no header timeout counted:\n{metrics}"
+    );
+}
+
+/// One `idle_connections` figure of the first endpoint in `/endpoints`.
+async fn idle_upstream_connections(proxy: &Proxy) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/endpoints").await.body).unwrap();
+    v["services"][0]["endpoints"][0]["idle_connections"]
+        .as_u64()
+        .expect("idle_connections in /endpoints")
+}
+
+#[tokio::test]
+async fn idle_pooled_upstream_connections_close_after_the_pool_idle_timeout() {
+    let up = Upstream::start("orders").await;
+    let mut cfg = config();
+    cfg.limits.pool_idle_timeout = Duration::from_millis(200);
+    let proxy = Proxy::single_with(cfg, "orders", "orders:8080", "o", up.addr).await;
+    let mut c = Client::new(proxy.http);
+    assert_eq!(c.get("http://orders:8080/").await.status, StatusCode::OK);
+    assert_eq!(idle_upstream_connections(&proxy).await, 1);
+    eventually(5, "the idle upstream connection to close", || async {
+        idle_upstream_connections(&proxy).await == 0
+    })
+    .await;
+    assert_eq!(c.get("http://orders:8080/").await.status, StatusCode::OK);
+    assert_eq!(up.conns(), 2, "a new connection after the idle one closed");
+}
+
+/// An app that answers every request on a connection and then closes it without saying so
+/// (no `Connection: close`), like an app whose keep-alive timeout is shorter than the pool's.
+async fn closing_app() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                // head and a 2-byte body
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") || !buf.ends_with(b"hi") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    (addr, posts)
+}
+
+#[tokio::test]
+async fn a_post_on_a_pooled_connection_the_app_closed_goes_on_a_new_one() {
+    let (app, posts) = closing_app().await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", app).await;
+    let mut c = Client::new(proxy.http);
+    let post = || {
+        Request::post("http://orders:8080/pay")
+            .body(Full::new(Bytes::from_static(b"hi")))
+            .unwrap()
+    };
+    for n in 1..=3 {
+        assert_eq!(c.send(post()).await.status, StatusCode::OK);
+        // The app closed the pooled connection; the sidecar notices before the next POST.
+        eventually(5, "the closed connection to leave the pool", || async {
+            idle_upstream_connections(&proxy).await == 0
+        })
+        .await;
+        assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), n);
+    }
+}

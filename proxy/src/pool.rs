@@ -1,0 +1,473 @@
+//! pool: an endpoint's upstream connections — idle HTTP/1.1 ones reused one request at a
+//! time, one shared HTTP/2 one — and the connector that opens them.
+//!
+//! Why not hyper-util's legacy client: it keys its pool by URI under one lock, sends every
+//! request through a dispatch task, boxes its futures and copies connection info into each
+//! response. Here each endpoint owns its connections (`Endpoint::pool`), so a request only
+//! takes that endpoint's lock, twice, to check a connection out and back in.
+//!
+//! An HTTP/1.1 connection goes back to the pool when the response body ends (see
+//! [`ResponseBody`]); one found closed before the request was written is replaced at once and
+//! the request sent on a fresh connection (the app never saw it). The task driving a
+//! connection closes it after it has sat idle for the pool's idle timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::Body;
+use crate::endpoint::Endpoint;
+
+/// Opens upstream connections; shared by every endpoint.
+pub(crate) struct Connector {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// Zero of the millisecond clock the idle stamps use.
+    epoch: Instant,
+}
+
+/// The upstream connections of one endpoint.
+#[derive(Default)]
+pub(crate) struct Pool {
+    /// Idle HTTP/1.1 connections, most recently used last.
+    idle: Mutex<Vec<H1Conn>>,
+    h2: Mutex<Option<H2Conn>>,
+    /// Connections opened so far (`/endpoints`, tests).
+    opened: AtomicU64,
+}
+
+struct H1Conn {
+    tx: http1::SendRequest<Body>,
+    state: Arc<ConnState>,
+}
+
+#[derive(Clone)]
+struct H2Conn {
+    tx: http2::SendRequest<Body>,
+    state: Arc<ConnState>,
+}
+
+/// What the pool and the task driving a connection share: whether it is idle, and since when.
+struct ConnState {
+    /// Requests (HTTP/1.1: 0 or 1; HTTP/2: streams) using the connection.
+    busy: AtomicUsize,
+    /// Milliseconds since the connector's epoch when `busy` last fell to zero.
+    idle_since_ms: AtomicU64,
+}
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No connection: the app never saw the request.
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// The HTTP/2 handshake failed: the app never saw the request.
+    #[error("handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The exchange failed; the app may have seen the request.
+    #[error(transparent)]
+    Request(hyper::Error),
+}
+
+/// A response body that gives its connection back when it ends (HTTP/1.1) and counts the
+/// stream as finished (HTTP/2).
+pub(crate) struct ResponseBody {
+    inner: Incoming,
+    /// Until the body ends or is dropped.
+    lease: Option<Lease>,
+}
+
+/// A connection in use by one request; released when dropped.
+struct Lease {
+    endpoint: Arc<Endpoint>,
+    state: Arc<ConnState>,
+    epoch: Instant,
+    max_idle: usize,
+    /// HTTP/1.1: the connection to return; `None` for HTTP/2 (it stays shared).
+    h1: Option<http1::SendRequest<Body>>,
+    /// The response was read to its end: an HTTP/1.1 connection may be reused.
+    complete: bool,
+}
+
+// === impl Connector ===
+
+impl Connector {
+    pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        Connector {
+            h1: http1::Builder::new(),
+            h2,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        millis_since(self.epoch, now)
+    }
+
+    /// Sends `req` to `endpoint` on a pooled connection or a new one. HTTP/1.1 requests must
+    /// have an origin-form URI and a Host header; HTTP/2 ones an absolute URI.
+    pub(crate) async fn send(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Body>,
+        h2: bool,
+        now: Instant,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        if h2 {
+            self.send_h2(endpoint, req).await
+        } else {
+            self.send_h1(endpoint, req, now).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<Body>,
+        now: Instant,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let pool = &endpoint.pool;
+        loop {
+            let (mut tx, state, pooled) =
+                match pool.checkout_h1(self.millis(now), self.idle_timeout) {
+                    Some(conn) => (conn.tx, conn.state, true),
+                    None => {
+                        let conn = self.connect_h1(endpoint).await?;
+                        (conn.tx, conn.state, false)
+                    }
+                };
+            let sent = tx.try_send_request(req);
+            // From here on, however this ends (even by a timeout dropping this future), the
+            // lease gives the connection back or closes it.
+            let mut lease = self.lease(endpoint, state, Some(tx));
+            match sent.await {
+                Ok(resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // An upgraded connection belongs to the upgrade from now on.
+                        lease.h1 = None;
+                    }
+                    return Ok(ResponseBody::wrap(resp, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The pooled connection closed before the request went out: another one.
+                    Some(back) if pooled => {
+                        tracing::trace!(endpoint = %endpoint.addr, "pooled connection closed; reconnecting");
+                        req = back;
+                    }
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<Body>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let pool = &endpoint.pool;
+        let mut reconnected = false;
+        loop {
+            let conn = match pool.shared_h2() {
+                Some(conn) => conn,
+                None => {
+                    reconnected = true;
+                    self.connect_h2(endpoint).await?
+                }
+            };
+            let H2Conn { mut tx, state } = conn;
+            state.busy.fetch_add(1, Ordering::Relaxed);
+            let lease = self.lease(endpoint, state, None);
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(ResponseBody::wrap(resp, lease)),
+                Err(mut e) => match e.take_message() {
+                    // The shared connection went away before the stream was opened.
+                    Some(back) if !reconnected => {
+                        pool.forget_h2(&lease.state);
+                        req = back;
+                    }
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn lease(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        state: Arc<ConnState>,
+        h1: Option<http1::SendRequest<Body>>,
+    ) -> Lease {
+        Lease {
+            endpoint: endpoint.clone(),
+            state,
+            epoch: self.epoch,
+            max_idle: self.max_idle,
+            h1,
+            complete: false,
+        }
+    }
+
+    async fn tcp(&self, endpoint: &Endpoint) -> Result<TokioIo<TcpStream>, SendError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.addr))
+            .await
+            .map_err(|_| SendError::Connect(io::ErrorKind::TimedOut.into()))?
+            .map_err(SendError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        endpoint.pool.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<H1Conn, SendError> {
+        let io = self.tcp(endpoint).await?;
+        let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Handshake)?;
+        let state = Arc::new(ConnState::busy());
+        self.drive(conn.with_upgrades(), state.clone(), endpoint.addr);
+        Ok(H1Conn { tx, state })
+    }
+
+    async fn connect_h2(&self, endpoint: &Endpoint) -> Result<H2Conn, SendError> {
+        let io = self.tcp(endpoint).await?;
+        let (tx, conn) = self.h2.handshake(io).await.map_err(SendError::Handshake)?;
+        let state = Arc::new(ConnState::idle(self.millis(Instant::now())));
+        self.drive(conn, state.clone(), endpoint.addr);
+        let conn = H2Conn { tx, state };
+        endpoint.pool.set_h2(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs a connection until it ends or has been idle for the idle timeout.
+    fn drive<F>(&self, conn: F, state: Arc<ConnState>, addr: std::net::SocketAddr)
+    where
+        F: Future<Output = hyper::Result<()>> + Send + 'static,
+    {
+        let (epoch, timeout) = (self.epoch, self.idle_timeout);
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            loop {
+                let wake = match state.idle_since(epoch) {
+                    Some(since) => since + timeout,
+                    None => Instant::now() + timeout,
+                };
+                tokio::select! {
+                    res = &mut conn => {
+                        if let Err(e) = res {
+                            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep_until(wake) => {
+                        if state.idle_since(epoch).is_some_and(|since| since + timeout <= Instant::now()) {
+                            tracing::trace!(endpoint = %addr, "closing idle upstream connection");
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn millis_since(epoch: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+}
+
+// === impl Pool ===
+
+impl Pool {
+    fn idle(&self) -> MutexGuard<'_, Vec<H1Conn>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn h2(&self) -> MutexGuard<'_, Option<H2Conn>> {
+        self.h2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle HTTP/1.1 connection that is still usable; drops the
+    /// closed and expired ones it meets.
+    fn checkout_h1(&self, now_ms: u64, idle_timeout: Duration) -> Option<H1Conn> {
+        let limit = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut idle = self.idle();
+        while let Some(conn) = idle.pop() {
+            let since = conn.state.idle_since_ms.load(Ordering::Relaxed);
+            if conn.tx.is_ready() && now_ms.saturating_sub(since) < limit {
+                conn.state.busy.store(1, Ordering::Relaxed);
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin_h1(&self, conn: H1Conn, max_idle: usize) {
+        let mut idle = self.idle();
+        if idle.len() < max_idle {
+            idle.push(conn);
+        }
+    }
+
+    fn shared_h2(&self) -> Option<H2Conn> {
+        let mut slot = self.h2();
+        match slot.as_ref() {
+            Some(conn) if !conn.tx.is_closed() => Some(conn.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_h2(&self, conn: H2Conn) {
+        *self.h2() = Some(conn);
+    }
+
+    /// Forgets the shared HTTP/2 connection if it is still the one with `state`.
+    fn forget_h2(&self, state: &Arc<ConnState>) {
+        let mut slot = self.h2();
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(&c.state, state)) {
+            *slot = None;
+        }
+    }
+
+    /// Connections opened to this endpoint so far.
+    pub(crate) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Idle HTTP/1.1 connections still open now.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle().iter().filter(|c| !c.tx.is_closed()).count()
+    }
+}
+
+// === impl ConnState ===
+
+impl ConnState {
+    fn busy() -> Self {
+        ConnState {
+            busy: AtomicUsize::new(1),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn idle(now_ms: u64) -> Self {
+        ConnState {
+            busy: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    /// When the connection went idle; `None` while in use.
+    fn idle_since(&self, epoch: Instant) -> Option<Instant> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Relaxed);
+        Some(epoch + Duration::from_millis(ms))
+    }
+
+    /// One request is done with the connection.
+    fn release(&self, now_ms: u64) {
+        // Stamp first, so that the driver never sees idle with a stale stamp.
+        self.idle_since_ms.store(now_ms, Ordering::Relaxed);
+        let _ = self
+            .busy
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+// === impl Lease ===
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let now_ms = millis_since(self.epoch, Instant::now());
+        self.state.release(now_ms);
+        if let (Some(tx), true) = (self.h1.take(), self.complete) {
+            self.endpoint.pool.checkin_h1(
+                H1Conn {
+                    tx,
+                    state: self.state.clone(),
+                },
+                self.max_idle,
+            );
+        }
+    }
+}
+
+// === impl ResponseBody ===
+
+impl ResponseBody {
+    fn wrap(resp: Response<Incoming>, lease: Lease) -> Response<ResponseBody> {
+        resp.map(|inner| {
+            let mut body = ResponseBody {
+                inner,
+                lease: Some(lease),
+            };
+            if hyper::body::Body::is_end_stream(&body.inner) {
+                body.release(true);
+            }
+            body
+        })
+    }
+
+    /// The request is done with its connection: an HTTP/1.1 one goes back to the pool when
+    /// the whole body was read (`complete`); otherwise hyper closes it.
+    fn release(&mut self, complete: bool) {
+        if let Some(mut lease) = self.lease.take() {
+            lease.complete = complete;
+        }
+    }
+}
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let res = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &res {
+            None => this.release(true),
+            Some(Err(_)) => this.release(false),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(true),
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(res)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end: hyper closes an HTTP/1.1 connection whose body was not read.
+        self.release(false);
+    }
+}
