@@ -22,6 +22,7 @@ pub use reader::BufReader;
 pub use segment::Batch;
 
 use crate::metrics::Metrics;
+use crate::spares::Spares;
 
 /// Default segment size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
@@ -74,7 +75,9 @@ pub struct Recovery {
 
 pub(crate) enum Cmd {
     Append {
-        frame: Vec<u8>,
+        /// The frame's header, tag and count, then its entries as handed in (no copy).
+        head: Vec<u8>,
+        entries: bytes::Bytes,
         sync: bool,
         _permit: tokio::sync::OwnedSemaphorePermit,
         reply: oneshot::Sender<Result<(), BufferError>>,
@@ -95,6 +98,8 @@ pub struct Buffer {
     cursors: Cursors,
     opts: Arc<BufferOptions>,
     metrics: Metrics,
+    /// Entries' memory, given back by the writer once written and by readers once delivered.
+    spares: Spares,
 }
 
 // === impl Buffer ===
@@ -122,12 +127,14 @@ impl Buffer {
         let oldest = state.oldest_handle();
         let budget_max = opts.in_flight_bytes.max(1024);
         let opts = Arc::new(opts);
+        let spares = Spares::default();
         let w = writer::Writer::new(
             state,
             opts.clone(),
             cursors.clone(),
             committed_tx,
             metrics.clone(),
+            spares.clone(),
         );
         std::thread::Builder::new()
             .name("logrouter-buffer".into())
@@ -143,6 +150,7 @@ impl Buffer {
                 cursors,
                 opts,
                 metrics,
+                spares,
             },
             recovery,
         ))
@@ -150,14 +158,16 @@ impl Buffer {
 
     /// Appends packed entries under `tag`; returns once written (and fsynced when `sync`).
     /// Waits while the buffer is at its disk limit or too many bytes are in flight; the entries
-    /// are encoded (and freed) only once in-flight permits cover the encoded batch.
+    /// go to the writer as they are (no copy) once in-flight permits cover them, and are freed
+    /// as soon as they are written.
     pub async fn append(
         &self,
         tag: &str,
         count: u32,
-        entries: Vec<u8>,
+        entries: impl Into<bytes::Bytes>,
         sync: bool,
     ) -> Result<(), BufferError> {
+        let entries = entries.into();
         let len = segment::encoded_len(tag, entries.len());
         if self.opts.max_bytes > 0 && len as u64 > self.opts.max_bytes {
             return Err(BufferError::TooLarge(len));
@@ -169,12 +179,12 @@ impl Buffer {
             .acquire_many_owned(permits)
             .await
             .map_err(|_| BufferError::Closed)?;
-        let frame = segment::encode(tag, count, &entries);
-        drop(entries);
+        let head = segment::encode_head(tag, count, &entries);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append {
-                frame,
+                head,
+                entries,
                 sync: sync && self.opts.durable,
                 _permit: permit,
                 reply,
@@ -186,15 +196,12 @@ impl Buffer {
 
     /// Opens the reader for output `id`, resuming from its persisted cursor.
     pub fn reader(&self, id: &str) -> Result<BufReader, BufferError> {
-        BufReader::open(
-            id,
-            self.opts.clone(),
-            self.committed.clone(),
-            self.oldest.clone(),
-            self.cursors.clone(),
-            self.tx.clone(),
-            self.metrics.clone(),
-        )
+        BufReader::open(id, self)
+    }
+
+    /// Spare memory for entries on their way to the buffer (see [`crate::spares`]).
+    pub fn spares(&self) -> &Spares {
+        &self.spares
     }
 
     /// Position after the last written batch.

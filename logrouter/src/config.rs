@@ -35,8 +35,9 @@ pub const DEFAULT_SCRATCH_LIMIT: u64 = 128 * 1024 * 1024;
 /// Default forward `net.max_connections`: each connection may hold a small window outside the
 /// frame budget, so their number is capped to keep memory bounded.
 pub const DEFAULT_FORWARD_MAX_CONNECTIONS: usize = 512;
-/// Default `frames.mem_limit`: above the default `Buffer_Max_Size` (6 MB), so any accepted frame fits.
-pub const DEFAULT_FRAMES_MEM_LIMIT: usize = 8 * 1024 * 1024;
+/// Default `frames.mem_limit`: just above the default `Buffer_Max_Size` (6,144,000 bytes), so any
+/// accepted frame fits; the largest share of the router's 30 MiB target.
+pub const DEFAULT_FRAMES_MEM_LIMIT: usize = 6 * 1024 * 1024;
 /// Smallest `frames.mem_limit` accepted.
 pub const MIN_FRAMES_MEM_LIMIT: u64 = 64 * 1024;
 /// Default output batch bounds (`Batch_Records`, `Batch_Size`; Skiff extensions).

@@ -30,7 +30,7 @@ impl InputCtx {
     pub async fn ingest(
         &self,
         tag: &str,
-        entries: Vec<u8>,
+        entries: bytes::Bytes,
         count: u32,
         extra: &[(String, String)],
         wants_ack: bool,
@@ -44,17 +44,21 @@ impl InputCtx {
             .input_bytes
             .with_label_values(&label)
             .inc_by(entries.len() as u64);
-        let processed = match self.pipeline.process(tag, entries, count, extra) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(input = %self.name, error = %e, "records refused by the pipeline");
-                self.metrics
-                    .input_rejected
-                    .with_label_values(&[self.name.as_str(), "malformed"])
-                    .inc();
-                return Ok(());
-            }
-        };
+        let processed =
+            match self
+                .pipeline
+                .process_with(tag, entries, count, extra, self.buffer.spares())
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(input = %self.name, error = %e, "records refused by the pipeline");
+                    self.metrics
+                        .input_rejected
+                        .with_label_values(&[self.name.as_str(), "malformed"])
+                        .inc();
+                    return Ok(());
+                }
+            };
         if processed.count == 0 {
             return Ok(());
         }

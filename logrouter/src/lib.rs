@@ -28,13 +28,14 @@ pub mod output;
 pub mod pipeline;
 pub mod route;
 mod router;
+pub mod spares;
 
 use thiserror::Error;
 
 pub use config::{ConfigError, LogRouterConfig};
 pub use input::line::{FullPolicy, LineOptions, LineSink, LineStats, Source};
 pub use pipeline::EcsMetadata;
-pub use router::{LogRouter, LogRouterHandle};
+pub use router::{LogRouter, LogRouterHandle, no_transparent_huge_pages};
 
 /// Errors starting or running the log router.
 #[derive(Debug, Error)]

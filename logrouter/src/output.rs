@@ -196,6 +196,7 @@ impl OutputTask {
             if !g.batches.is_empty() && !self.deliver(&g, &mut drain).await {
                 return Ok(());
             }
+            self.reader.recycle(g.batches);
             if g.end != committed {
                 match self.reader.commit(g.end) {
                     Ok(()) => committed = g.end,

@@ -7,9 +7,12 @@ mod filter;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::config::FilterConfig;
 use crate::metrics::Metrics;
 use crate::msgpack::{self, MpError, Reader};
+use crate::spares::Spares;
 
 /// The task's ECS metadata (FireLens `enable-ecs-log-metadata`); absent fields are not added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,7 +51,7 @@ pub struct Pipeline {
 /// Records after the pipeline.
 #[derive(Debug)]
 pub struct Processed {
-    pub entries: Vec<u8>,
+    pub entries: Bytes,
     pub count: u32,
 }
 
@@ -71,9 +74,22 @@ impl Pipeline {
     pub fn process(
         &self,
         tag: &str,
-        entries: Vec<u8>,
+        entries: impl Into<Bytes>,
         count: u32,
         extra: &[(String, String)],
+    ) -> Result<Processed, MpError> {
+        self.process_with(tag, entries.into(), count, extra, &Spares::default())
+    }
+
+    /// [`Pipeline::process`] writing new entries into `spares`' memory and giving the memory of
+    /// entries it replaced back to it.
+    pub fn process_with(
+        &self,
+        tag: &str,
+        entries: Bytes,
+        count: u32,
+        extra: &[(String, String)],
+        spares: &Spares,
     ) -> Result<Processed, MpError> {
         let filters: Vec<&FilterConfig> = self
             .filters
@@ -83,7 +99,9 @@ impl Pipeline {
         let (entries, count) = if filters.is_empty() {
             (entries, count)
         } else {
-            filter::apply(&filters, &entries, &self.metrics)?
+            let (kept, count) = filter::apply(&filters, &entries, &self.metrics)?;
+            spares.give_bytes(entries);
+            (Bytes::from(kept), count)
         };
         if self.metadata.is_empty() && extra.is_empty() {
             return Ok(Processed { entries, count });
@@ -97,8 +115,12 @@ impl Pipeline {
                 add.push((k.as_str(), v.as_str()));
             }
         }
+        let extra: usize = add.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        let out = spares.take(entries.len() + extra.saturating_mul(count as usize));
+        let enriched = enrich_counted(&entries, count, &add, out)?;
+        spares.give_bytes(entries);
         Ok(Processed {
-            entries: enrich_counted(&entries, count, &add)?,
+            entries: enriched.into(),
             count,
         })
     }
@@ -108,13 +130,19 @@ impl Pipeline {
 pub fn enrich(entries: &[u8], add: &[(&str, &str)]) -> Result<Vec<u8>, MpError> {
     // at least 8 bytes per entry: a bound on their number that never under-allocates much
     let count = u32::try_from(entries.len() / 8 + 1).unwrap_or(u32::MAX);
-    enrich_counted(entries, count, add)
+    enrich_counted(entries, count, add, Vec::new())
 }
 
-/// `enrich` for `count` entries: allocates what the result needs, not a guess per byte.
-fn enrich_counted(entries: &[u8], count: u32, add: &[(&str, &str)]) -> Result<Vec<u8>, MpError> {
+/// `enrich` for `count` entries into `out`: reserves what the result needs, not a guess per byte.
+fn enrich_counted(
+    entries: &[u8],
+    count: u32,
+    add: &[(&str, &str)],
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, MpError> {
     let extra: usize = add.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-    let mut out = Vec::with_capacity(entries.len() + extra.saturating_mul(count as usize));
+    out.clear();
+    out.reserve(entries.len() + extra.saturating_mul(count as usize));
     let mut r = Reader::new(entries);
     let mut missing: Vec<bool> = vec![true; add.len()];
     while !r.is_empty() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::LogRouterError;
 use crate::buffer::{Buffer, BufferOptions, DEFAULT_IN_FLIGHT_BYTES, DEFAULT_SEGMENT_BYTES};
@@ -62,6 +62,21 @@ impl LogRouterHandle {
     }
 }
 
+/// Opts the process out of transparent huge pages ([`LogRouter::start`] does; a binary that
+/// runs the router should call it first thing, before its runtime allocates).
+///
+/// Why: where the kernel backs heaps with huge pages (THP `always`, or an allocator that asks
+/// for them, as mimalloc does), every 2 MiB region a thread touches once becomes resident
+/// whole: measured with mimalloc, 17 MiB instead of 9 at idle and 50 MiB instead of 30 under
+/// many clients, for the same bytes in use. The router bounds what it holds; with 4 KiB pages
+/// its RSS follows that bound.
+pub fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        debug!(error = %e, "cannot opt out of transparent huge pages");
+    }
+}
+
 // === impl LogRouter ===
 
 impl LogRouter {
@@ -72,6 +87,7 @@ impl LogRouter {
         registry: &prometheus::Registry,
     ) -> Result<LogRouter, LogRouterError> {
         let metrics = Metrics::register(registry)?;
+        no_transparent_huge_pages();
         let (dir, durable, scratch) = match &cfg.service.storage_path {
             Some(p) => (p.clone(), true, None),
             None => {
@@ -142,6 +158,8 @@ impl LogRouter {
         }
 
         let mut inputs = Vec::new();
+        // spare frame memory an idle router does not need goes back to the allocator
+        inputs.push(tokio::spawn(buffer.spares().clone().trim_every_interval()));
         let mut forward_addr = None;
         // one budget for every forward input: it bounds the process, not a connection
         let frame_budget = FrameBudget::new(cfg.service.frames_mem_limit);

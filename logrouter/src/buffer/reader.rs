@@ -12,6 +12,7 @@ use tracing::error;
 use super::segment::{self, Batch, Decoded, HEADER, MAX_FRAME};
 use super::{BufferError, BufferOptions, Cmd, Cursors, Pos};
 use crate::metrics::Metrics;
+use crate::spares::Spares;
 
 /// Reader of one output.
 pub struct BufReader {
@@ -25,20 +26,20 @@ pub struct BufReader {
     file: Option<(u64, File)>,
     cursor_path: PathBuf,
     metrics: Metrics,
+    spares: Spares,
 }
 
 // === impl BufReader ===
 
 impl BufReader {
-    pub(super) fn open(
-        id: &str,
-        opts: Arc<BufferOptions>,
-        committed: watch::Receiver<Pos>,
-        oldest: Arc<AtomicU64>,
-        cursors: Cursors,
-        tx: mpsc::Sender<Cmd>,
-        metrics: Metrics,
-    ) -> Result<Self, BufferError> {
+    pub(super) fn open(id: &str, buffer: &super::Buffer) -> Result<Self, BufferError> {
+        let opts = buffer.opts.clone();
+        let committed = buffer.committed.clone();
+        let oldest = buffer.oldest.clone();
+        let cursors = buffer.cursors.clone();
+        let tx = buffer.tx.clone();
+        let metrics = buffer.metrics.clone();
+        let spares = buffer.spares.clone();
         let safe: String = id
             .chars()
             .map(|c| {
@@ -76,6 +77,7 @@ impl BufReader {
             file: None,
             cursor_path,
             metrics,
+            spares,
         })
     }
 
@@ -114,6 +116,7 @@ impl BufReader {
             file: self.file.take(),
             max_bytes,
             corrupt: Vec::new(),
+            spares: self.spares.clone(),
         };
         let (job, result) = tokio::task::spawn_blocking(move || {
             let mut job = job;
@@ -134,6 +137,13 @@ impl BufReader {
             self.metrics.buffer_corrupt.inc();
         }
         result
+    }
+
+    /// Gives the memory of batches read (and delivered) back for the next reads.
+    pub fn recycle(&self, batches: Vec<Batch>) {
+        for b in batches {
+            self.spares.give(b.entries);
+        }
     }
 
     /// Persists `pos` as delivered and lets the writer delete what every output has passed.
@@ -162,6 +172,7 @@ struct ReadJob {
     file: Option<(u64, File)>,
     max_bytes: usize,
     corrupt: Vec<Pos>,
+    spares: Spares,
 }
 
 impl ReadJob {
@@ -213,7 +224,7 @@ impl ReadJob {
                 };
                 continue;
             }
-            match read_frame(file, pos.off, end) {
+            match read_frame(file, pos.off, end, &self.spares) {
                 Decoded::Frame(batch, used) => {
                     self.pos = Pos {
                         seg: pos.seg,
@@ -248,7 +259,7 @@ fn partial(out: Vec<(Batch, Pos)>, e: BufferError) -> Result<Vec<(Batch, Pos)>, 
     if out.is_empty() { Err(e) } else { Ok(out) }
 }
 
-fn read_frame(file: &File, off: u64, end: u64) -> Decoded {
+fn read_frame(file: &File, off: u64, end: u64, spares: &Spares) -> Decoded {
     let mut header = [0u8; HEADER];
     if off + HEADER as u64 > end || file.read_exact_at(&mut header, off).is_err() {
         return Decoded::Short;
@@ -257,13 +268,14 @@ fn read_frame(file: &File, off: u64, end: u64) -> Decoded {
     if len > MAX_FRAME || off + (HEADER + len) as u64 > end {
         return Decoded::Corrupt;
     }
-    let mut buf = vec![0u8; HEADER + len];
-    buf[..HEADER].copy_from_slice(&header);
+    let mut buf = spares.take(HEADER + len);
+    buf.extend_from_slice(&header);
+    buf.resize(HEADER + len, 0);
     if file
         .read_exact_at(&mut buf[HEADER..], off + HEADER as u64)
         .is_err()
     {
         return Decoded::Short;
     }
-    segment::decode(&buf)
+    segment::decode_owned(buf)
 }

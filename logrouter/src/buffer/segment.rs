@@ -20,23 +20,34 @@ pub struct Batch {
     pub entries: Vec<u8>,
 }
 
-/// Encodes one frame.
-/// Size of `encode(tag, _, entries)` for `entries_len` bytes of entries.
+/// Size of the frame of `entries_len` bytes of entries: `encode_head(tag, ..)` and the entries.
 pub fn encoded_len(tag: &str, entries_len: usize) -> usize {
     HEADER + 2 + tag.len().min(usize::from(u16::MAX)) + 4 + entries_len
 }
 
+/// Encodes one frame (the writer writes the head and the entries without joining them).
+#[cfg(test)]
 pub fn encode(tag: &str, count: u32, entries: &[u8]) -> Vec<u8> {
+    let mut out = encode_head(tag, count, entries);
+    out.extend_from_slice(entries);
+    out
+}
+
+/// A frame's header, tag and count, checksummed with its `entries`: written just before them,
+/// it spares copying the entries into one frame.
+pub fn encode_head(tag: &str, count: u32, entries: &[u8]) -> Vec<u8> {
     let tag = &tag.as_bytes()[..tag.len().min(usize::from(u16::MAX))];
     let payload_len = 2 + tag.len() + 4 + entries.len();
-    let mut out = Vec::with_capacity(HEADER + payload_len);
+    let mut out = Vec::with_capacity(HEADER + 2 + tag.len() + 4);
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
     out.extend_from_slice(tag);
     out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(entries);
-    let crc = crc32fast::hash(&out[HEADER..]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[HEADER..]);
+    crc.update(entries);
+    let crc = crc.finalize();
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
 }
@@ -80,6 +91,50 @@ pub fn decode(buf: &[u8]) -> Decoded {
         entries: payload[6 + tag_len..].to_vec(),
     };
     Decoded::Frame(batch, HEADER + len)
+}
+
+/// [`decode`] of a frame read into its own buffer: the entries stay in it (no copy).
+pub fn decode_owned(mut buf: Vec<u8>) -> Decoded {
+    let (tag, count, start, used) = {
+        let Some(head) = buf.get(..HEADER) else {
+            return Decoded::Short;
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if !(6..=MAX_FRAME).contains(&len) {
+            return Decoded::Corrupt;
+        }
+        let Some(payload) = buf.get(HEADER..HEADER + len) else {
+            return Decoded::Short;
+        };
+        if crc32fast::hash(payload) != crc {
+            return Decoded::Corrupt;
+        }
+        let tag_len = usize::from(u16::from_le_bytes([payload[0], payload[1]]));
+        let (Some(tag), Some(count)) = (
+            payload.get(2..2 + tag_len),
+            payload.get(2 + tag_len..6 + tag_len),
+        ) else {
+            return Decoded::Corrupt;
+        };
+        let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
+        (
+            String::from_utf8_lossy(tag).into_owned(),
+            count,
+            HEADER + 6 + tag_len,
+            HEADER + len,
+        )
+    };
+    buf.truncate(used);
+    buf.drain(..start);
+    Decoded::Frame(
+        Batch {
+            tag,
+            count,
+            entries: buf,
+        },
+        used,
+    )
 }
 
 /// Segment file name for an id.

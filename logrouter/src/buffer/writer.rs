@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use super::{BufferError, BufferOptions, Cmd, Cursors, Pos, Recovery, segment};
 use crate::metrics::Metrics;
+use crate::spares::Spares;
 
 /// Segment state recovered from disk.
 pub(super) struct State {
@@ -46,12 +47,23 @@ pub(super) struct Writer {
     committed: watch::Sender<Pos>,
     metrics: Metrics,
     blocked: bool,
+    spares: Spares,
 }
 
 struct Pending {
-    frame: Vec<u8>,
+    head: Vec<u8>,
+    entries: bytes::Bytes,
     sync: bool,
     reply: oneshot::Sender<Result<(), BufferError>>,
+    /// In-flight permits, given back once the frame is written (or failed): the entries
+    /// waiting here while the disk is full stay counted.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.head.len() + self.entries.len()
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BufferError + '_ {
@@ -123,6 +135,7 @@ impl Writer {
         cursors: Cursors,
         committed: watch::Sender<Pos>,
         metrics: Metrics,
+        spares: Spares,
     ) -> Self {
         let total = state.segments.values().sum();
         Self {
@@ -138,6 +151,7 @@ impl Writer {
             committed,
             metrics,
             blocked: false,
+            spares,
         }
     }
 
@@ -150,8 +164,18 @@ impl Writer {
             while let Some(cmd) = next.take() {
                 match cmd {
                     Cmd::Append {
-                        frame, sync, reply, ..
-                    } => self.pending.push_back(Pending { frame, sync, reply }),
+                        head,
+                        entries,
+                        sync,
+                        _permit,
+                        reply,
+                    } => self.pending.push_back(Pending {
+                        head,
+                        entries,
+                        sync,
+                        reply,
+                        _permit,
+                    }),
                     Cmd::Gc => gc = true,
                 }
                 taken += 1;
@@ -159,12 +183,12 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if gc || (!self.pending.is_empty() && !self.fits(self.pending[0].frame.len())) {
+            if gc || (!self.pending.is_empty() && !self.fits(self.pending[0].len())) {
                 self.gc();
             }
             let mut need_sync = false;
             while let Some(p) = self.pending.front() {
-                if !self.fits(p.frame.len()) {
+                if !self.fits(p.len()) {
                     if !self.blocked {
                         self.blocked = true;
                         self.metrics.buffer_blocked.inc();
@@ -180,14 +204,22 @@ impl Writer {
                 let Some(p) = self.pending.pop_front() else {
                     break;
                 };
-                match self.write(&p.frame, need_sync) {
+                let written = self.write(&p.head, &p.entries, need_sync);
+                let Pending {
+                    entries,
+                    sync,
+                    reply,
+                    ..
+                } = p;
+                self.spares.give_bytes(entries);
+                match written {
                     Ok(()) => {
-                        need_sync |= p.sync || (self.opts.sync_always && self.opts.durable);
-                        replies.push(p.reply);
+                        need_sync |= sync || (self.opts.sync_always && self.opts.durable);
+                        replies.push(reply);
                     }
                     Err(e) => {
                         error!(error = %e, "buffer append failed");
-                        let _ = p.reply.send(Err(e));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -221,11 +253,10 @@ impl Writer {
         self.opts.max_bytes == 0 || self.total + len as u64 <= self.opts.max_bytes
     }
 
-    fn write(&mut self, frame: &[u8], sync_old: bool) -> Result<(), BufferError> {
-        if self.cur.is_some()
-            && self.cur_len > 0
-            && self.cur_len + frame.len() as u64 > self.opts.segment_bytes
-        {
+    /// Writes one frame given as its head and its entries.
+    fn write(&mut self, head: &[u8], entries: &[u8], sync_old: bool) -> Result<(), BufferError> {
+        let len = (head.len() + entries.len()) as u64;
+        if self.cur.is_some() && self.cur_len > 0 && self.cur_len + len > self.opts.segment_bytes {
             if sync_old && let Some(f) = self.cur.as_ref() {
                 let path = segment::path(&self.opts.dir, self.cur_id);
                 f.sync_data().map_err(io_err(&path))?;
@@ -251,13 +282,13 @@ impl Writer {
         let Some(f) = self.cur.as_mut() else {
             return Err(BufferError::Closed);
         };
-        if let Err(e) = f.write_all(frame) {
+        if let Err(e) = f.write_all(head).and_then(|()| f.write_all(entries)) {
             // leave no partial frame behind for readers: cut back to the last good frame
             let _ = f.set_len(self.cur_len);
             return Err(io_err(&path)(e));
         }
-        self.cur_len += frame.len() as u64;
-        self.total += frame.len() as u64;
+        self.cur_len += len;
+        self.total += len;
         self.segments.insert(self.cur_id, self.cur_len);
         Ok(())
     }

@@ -5,10 +5,13 @@
 //! already *is* that form, and PackedForward's payload is used after one validating scan.
 
 use std::io::Read;
+use std::ops::Range;
 
+use bytes::Bytes;
 use thiserror::Error;
 
 use crate::msgpack::{self, MpError, Reader};
+use crate::spares::Spares;
 
 /// Bounds applied to one frame.
 #[derive(Debug, Clone, Copy)]
@@ -78,8 +81,9 @@ pub enum Frame {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Events {
     pub tag: String,
-    /// Concatenated `[time, record]` arrays.
-    pub entries: Vec<u8>,
+    /// Concatenated `[time, record]` arrays (shared: a connection hands its read buffer on
+    /// rather than copying a big frame's records).
+    pub entries: Bytes,
     pub count: u32,
     /// Entries refused (oversized, record not a map, bad time).
     pub rejected: u32,
@@ -109,6 +113,45 @@ pub fn decode_frame_within(
     limits: &Limits,
     reserved: usize,
 ) -> Result<Option<(Frame, usize)>, DecodeError> {
+    let Some(decoded) = decode_frame_shared(buf, limits, reserved, &Spares::default())? else {
+        return Ok(None);
+    };
+    let used = decoded.used;
+    Ok(Some((
+        decoded.with_entries(|r| Bytes::copy_from_slice(&buf[r])),
+        used,
+    )))
+}
+
+/// A decoded frame whose records may still be a part of the frame's bytes.
+#[derive(Debug)]
+pub struct Decoded {
+    pub frame: Frame,
+    /// Bytes of the frame used.
+    pub used: usize,
+    /// Where the frame's records are in its bytes, when they pass unchanged: the caller fills
+    /// `Events::entries` from them (a slice of its buffer, no copy), else they are already set.
+    pub shared: Option<Range<usize>>,
+}
+
+impl Decoded {
+    /// Fills in `Events::entries` from `raw`, the frame's `used` bytes.
+    pub fn with_entries(mut self, raw: impl FnOnce(Range<usize>) -> Bytes) -> Frame {
+        if let (Frame::Events(ev), Some(range)) = (&mut self.frame, self.shared) {
+            ev.entries = raw(range);
+        }
+        self.frame
+    }
+}
+
+/// [`decode_frame_within`] without copying records that pass unchanged: see [`Decoded::shared`].
+/// A decompressed payload goes into memory from `spares`.
+pub fn decode_frame_shared(
+    buf: &[u8],
+    limits: &Limits,
+    reserved: usize,
+    spares: &Spares,
+) -> Result<Option<Decoded>, DecodeError> {
     let mut r = Reader::new(buf);
     match r.skip() {
         Ok(()) => {}
@@ -120,8 +163,12 @@ pub fn decode_frame_within(
     if used > limits.max_frame {
         return Err(DecodeError::TooLarge(limits.max_frame));
     }
-    let frame = parse(&buf[..used], limits, reserved)?;
-    Ok(Some((frame, used)))
+    let (frame, shared) = parse(&buf[..used], limits, reserved, spares)?;
+    Ok(Some(Decoded {
+        frame,
+        used,
+        shared,
+    }))
 }
 
 /// A lower bound of the length of the (incomplete) frame at the start of `buf`, when its
@@ -160,7 +207,14 @@ pub fn min_frame_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
-fn parse(frame: &[u8], limits: &Limits, reserved: usize) -> Result<Frame, DecodeError> {
+/// The frame, and where its records are in `frame` when they pass unchanged (its `entries` are
+/// then left empty for the caller to fill).
+fn parse(
+    frame: &[u8],
+    limits: &Limits,
+    reserved: usize,
+    spares: &Spares,
+) -> Result<(Frame, Option<Range<usize>>), DecodeError> {
     let mut r = Reader::new(frame);
     let n = r.array_len()?;
     if !(2..=6).contains(&n) || !r.next_is_raw() {
@@ -173,11 +227,12 @@ fn parse(frame: &[u8], limits: &Limits, reserved: usize) -> Result<Frame, Decode
         let digest = r.str()?.to_owned();
         r.skip()?;
         r.skip()?;
-        return Ok(Frame::Ping(Ping {
+        let ping = Frame::Ping(Ping {
             hostname,
             salt,
             digest,
-        }));
+        });
+        return Ok((ping, None));
     }
     if n > 4 {
         return Err(DecodeError::UnknownMode);
@@ -189,24 +244,28 @@ fn parse(frame: &[u8], limits: &Limits, reserved: usize) -> Result<Frame, Decode
         for _ in 0..count {
             r.skip()?;
         }
-        let body = &frame[start..r.pos()];
+        let range = start..r.pos();
         let opts = options(&mut r, n == 3)?;
-        let (entries, count, rejected) = validate(body, limits)?;
-        return Ok(events(tag, entries, count, rejected, opts));
+        let (rebuilt, count, rejected) = validate_in_place(&frame[range.clone()], limits)?;
+        return Ok(events(tag, rebuilt, range, count, rejected, opts));
     }
     if r.next_is_raw() {
         // PackedForward / CompressedPackedForward: [tag, bin, option?]
         let payload = r.raw()?;
+        let range = r.pos() - payload.len()..r.pos();
         let opts = options(&mut r, n == 3)?;
-        let (entries, count, rejected) = match opts.compressed.as_deref() {
-            None | Some("text") => validate(payload, limits)?,
-            Some("gzip") => {
-                let plain = gunzip(payload, limits.max_decompressed, reserved)?;
-                validate(&plain, limits)?
+        return match opts.compressed.as_deref() {
+            None | Some("text") => {
+                let (rebuilt, count, rejected) = validate_in_place(payload, limits)?;
+                Ok(events(tag, rebuilt, range, count, rejected, opts))
             }
-            Some(other) => return Err(DecodeError::Compression(other.to_owned())),
+            Some("gzip") => {
+                let plain = gunzip(payload, limits.max_decompressed, reserved, spares)?;
+                let (entries, count, rejected) = validate(plain, limits)?;
+                Ok((events_owned(tag, entries, count, rejected, opts), None))
+            }
+            Some(other) => Err(DecodeError::Compression(other.to_owned())),
         };
-        return Ok(events(tag, entries, count, rejected, opts));
     }
     // Message: [tag, time, record, option?]
     if n < 3 {
@@ -219,11 +278,32 @@ fn parse(frame: &[u8], limits: &Limits, reserved: usize) -> Result<Frame, Decode
     msgpack::write_array_len(&mut entry, 2);
     entry.extend_from_slice(time);
     entry.extend_from_slice(record);
-    let (entries, count, rejected) = validate(&entry, limits)?;
-    Ok(events(tag, entries, count, rejected, opts))
+    let (entries, count, rejected) = validate(entry, limits)?;
+    Ok((events_owned(tag, entries, count, rejected, opts), None))
 }
 
-fn events(tag: String, entries: Vec<u8>, count: u32, rejected: u32, opts: Options) -> Frame {
+/// Events whose records are `rebuilt`, or else the frame's bytes at `range`.
+fn events(
+    tag: String,
+    rebuilt: Option<Vec<u8>>,
+    range: Range<usize>,
+    count: u32,
+    rejected: u32,
+    opts: Options,
+) -> (Frame, Option<Range<usize>>) {
+    match rebuilt {
+        Some(entries) => (
+            events_owned(tag, entries.into(), count, rejected, opts),
+            None,
+        ),
+        None => (
+            events_owned(tag, Bytes::new(), count, rejected, opts),
+            Some(range),
+        ),
+    }
+}
+
+fn events_owned(tag: String, entries: Bytes, count: u32, rejected: u32, opts: Options) -> Frame {
     Frame::Events(Events {
         tag,
         entries,
@@ -265,9 +345,26 @@ fn options(r: &mut Reader<'_>, present: bool) -> Result<Options, DecodeError> {
 }
 
 /// Inflates `payload`, never past `max` (the frame limit) nor `reserved` (the caller's permits).
-fn gunzip(payload: &[u8], max: usize, reserved: usize) -> Result<Vec<u8>, DecodeError> {
+fn gunzip(
+    payload: &[u8],
+    max: usize,
+    reserved: usize,
+    spares: &Spares,
+) -> Result<Vec<u8>, DecodeError> {
     let cap = max.min(reserved);
-    let mut out = Vec::with_capacity(payload.len().saturating_mul(4).min(cap));
+    // gzip's trailer holds the size (mod 4 GiB) of a one-member payload: one allocation of the
+    // right size rather than doublings (never more than the cap, whatever the trailer says)
+    let announced = payload
+        .len()
+        .checked_sub(4)
+        .and_then(|at| payload.get(at..))
+        .map_or(0, |t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize);
+    let guess = if announced > 0 {
+        announced.saturating_add(1)
+    } else {
+        payload.len().saturating_mul(4)
+    };
+    let mut out = spares.take(guess.min(cap.saturating_add(1)));
     let dec = flate2::read::MultiGzDecoder::new(payload);
     dec.take((cap as u64).saturating_add(1))
         .read_to_end(&mut out)
@@ -284,7 +381,20 @@ fn gunzip(payload: &[u8], max: usize, reserved: usize) -> Result<Vec<u8>, Decode
 
 /// Checks each `[time, record]` entry; returns the entries to keep (copied only if some were
 /// refused or needed normalising), their count and how many were refused.
-pub fn validate(body: &[u8], limits: &Limits) -> Result<(Vec<u8>, u32, u32), DecodeError> {
+pub fn validate(body: Vec<u8>, limits: &Limits) -> Result<(Bytes, u32, u32), DecodeError> {
+    let (rebuilt, count, rejected) = validate_in_place(&body, limits)?;
+    Ok((
+        rebuilt.map_or_else(|| body.into(), Bytes::from),
+        count,
+        rejected,
+    ))
+}
+
+/// [`validate`] of borrowed entries: `None` when they are all kept as they are.
+fn validate_in_place(
+    body: &[u8],
+    limits: &Limits,
+) -> Result<(Option<Vec<u8>>, u32, u32), DecodeError> {
     let mut r = Reader::new(body);
     let mut count = 0u32;
     let mut rejected = 0u32;
@@ -313,7 +423,7 @@ pub fn validate(body: &[u8], limits: &Limits) -> Result<(Vec<u8>, u32, u32), Dec
             }
         }
     }
-    Ok((rebuilt.unwrap_or_else(|| body.to_vec()), count, rejected))
+    Ok((rebuilt, count, rejected))
 }
 
 enum EntryCheck {

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -177,12 +177,37 @@ const COPIES: usize = 3;
 /// Largest batch made of several chunk-less frames.
 const COALESCE_BYTES: usize = 1024 * 1024;
 
-async fn flush(
-    ctx: &InputCtx,
-    pending: &mut Option<(String, Vec<u8>, u32)>,
-) -> Result<(), ConnError> {
-    if let Some((tag, entries, count)) = pending.take() {
-        ctx.ingest(&tag, entries, count, &[], false).await?;
+/// Records of chunk-less frames of one tag, buffered as one batch.
+struct Pending {
+    tag: String,
+    first: Bytes,
+    /// The records of every frame once a second one joined the first.
+    joined: Option<Vec<u8>>,
+    count: u32,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.joined.as_ref().map_or(self.first.len(), Vec::len)
+    }
+
+    fn join(&mut self, entries: &[u8], count: u32) {
+        let first = &self.first;
+        self.joined
+            .get_or_insert_with(|| {
+                let mut v = Vec::with_capacity(first.len() + entries.len());
+                v.extend_from_slice(first);
+                v
+            })
+            .extend_from_slice(entries);
+        self.count += count;
+    }
+}
+
+async fn flush(ctx: &InputCtx, pending: &mut Option<Pending>) -> Result<(), ConnError> {
+    if let Some(p) = pending.take() {
+        let entries = p.joined.map_or(p.first, Bytes::from);
+        ctx.ingest(&p.tag, entries, p.count, &[], false).await?;
     }
     Ok(())
 }
@@ -229,7 +254,7 @@ where
     }
     loop {
         // frames without `chunk` that share a tag are buffered as one batch: one append, not one per message
-        let mut pending: Option<(String, Vec<u8>, u32)> = None;
+        let mut pending: Option<Pending> = None;
         let mut completed = false;
         loop {
             if buf.len() < need {
@@ -238,7 +263,12 @@ where
             let decoded = loop {
                 // a compressed payload may inflate only into the permits held (or the free window)
                 let limit = held.max(FREE_BYTES);
-                match decode::decode_frame_within(&buf, &settings.limits, limit) {
+                match decode::decode_frame_shared(
+                    &buf,
+                    &settings.limits,
+                    limit,
+                    ctx.buffer.spares(),
+                ) {
                     Err(DecodeError::NeedsMoreBudget(_)) if held < worst => {
                         // give the permits back before waiting for the worst case, so no
                         // connection waits while holding permits
@@ -262,8 +292,8 @@ where
                     other => break other,
                 }
             };
-            let (frame, used) = match decoded {
-                Ok(Some(f)) => f,
+            let decoded = match decoded {
+                Ok(Some(d)) => d,
                 Ok(None) => {
                     // a big PackedForward frame arrives in many reads: don't rescan it for each
                     need = decode::min_frame_len(&buf).unwrap_or(0).max(buf.len() + 1);
@@ -276,12 +306,18 @@ where
             };
             completed = true;
             need = 0;
-            if used > FREE_BYTES {
-                // the decoded frame owns its records: free the raw bytes before buffering them
-                buf = shrink(&buf[used..]);
+            let used = decoded.used;
+            let frame = if used > FREE_BYTES {
+                // a big frame's records go on to the buffer as a part of the bytes read (no
+                // copy); the next frame starts in a fresh small buffer
+                let raw = buf.split_to(used).freeze();
+                buf = shrink(&buf);
+                decoded.with_entries(|r| raw.slice(r))
             } else {
+                let frame = decoded.with_entries(|r| Bytes::copy_from_slice(&buf[r]));
                 buf.advance(used);
-            }
+                frame
+            };
             match frame {
                 Frame::Ping(ping) => {
                     let Some(h) = &handshake else {
@@ -316,16 +352,19 @@ where
                     };
                     let Some(chunk) = ev.chunk else {
                         match pending.as_mut() {
-                            Some((t, entries, count))
-                                if *t == tag
-                                    && entries.len() + ev.entries.len() <= COALESCE_BYTES =>
+                            Some(p)
+                                if p.tag == tag && p.len() + ev.entries.len() <= COALESCE_BYTES =>
                             {
-                                entries.extend_from_slice(&ev.entries);
-                                *count += ev.count;
+                                p.join(&ev.entries, ev.count);
                             }
                             _ => {
                                 flush(ctx, &mut pending).await?;
-                                pending = Some((tag, ev.entries, ev.count));
+                                pending = Some(Pending {
+                                    tag,
+                                    first: ev.entries,
+                                    joined: None,
+                                    count: ev.count,
+                                });
                             }
                         }
                         continue;
@@ -392,7 +431,18 @@ where
             // the frame outgrew its reservation (or the whole budget)
             return Err(DecodeError::TooLarge(reserved.min(settings.limits.max_frame)).into());
         }
-        buf.reserve(room.min(need.saturating_sub(buf.len()).max(FREE_BYTES)));
+        let grow = room.min(need.saturating_sub(buf.len()).max(FREE_BYTES));
+        if buf.capacity() - buf.len() < grow && buf.len() + grow > 4 * FREE_BYTES {
+            // a big frame is read into spare memory, which goes on with its records to the
+            // buffer's writer and comes back once they are written
+            let want = buf.len() + grow;
+            let mut big = Bytes::from(ctx.buffer.spares().take(want))
+                .try_into_mut()
+                .unwrap_or_else(|_| BytesMut::with_capacity(want));
+            big.extend_from_slice(&buf);
+            buf = big;
+        }
+        buf.reserve(grow);
         let read = {
             let mut window = (&mut buf).limit(room);
             tokio::select! {

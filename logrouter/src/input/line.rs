@@ -281,7 +281,7 @@ async fn send_loop(
         };
         if count > 0 {
             shared.writable.notify_one();
-            if let Err(e) = ctx.ingest(&tag, batch, count, &extra, false).await {
+            if let Err(e) = ctx.ingest(&tag, batch.into(), count, &extra, false).await {
                 warn!(input = %ctx.name, error = %e, records = count, "line records could not be buffered");
             }
             continue;

@@ -1,10 +1,10 @@
 //! The `file` output: one file per tag (or `File`), Fluent Bit's `out_file` or `plain` format, rotated by size.
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::PathBuf;
-
-use tokio::fs::{File, OpenOptions};
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
 
 use super::OutputError;
 use super::format;
@@ -12,6 +12,9 @@ use crate::buffer::Batch;
 
 /// Files kept open at once (one per tag when `File` is not set).
 const MAX_OPEN_FILES: usize = 64;
+/// Largest text buffer kept between batches: a batch's text is formatted into the same memory
+/// each time rather than into a new, growing buffer.
+const MAX_SPARE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct FileOut {
     dir: Option<PathBuf>,
@@ -19,7 +22,10 @@ pub struct FileOut {
     plain: bool,
     rotate_bytes: u64,
     rotate_keep: u32,
-    open: HashMap<PathBuf, (File, u64)>,
+    /// Written from the blocking pool with the batch's text handed over (tokio's `File` would
+    /// copy it into a buffer of its own, kept per open file).
+    open: HashMap<PathBuf, (Arc<File>, u64)>,
+    spare: Vec<u8>,
 }
 
 // === impl FileOut ===
@@ -39,47 +45,45 @@ impl FileOut {
             rotate_bytes,
             rotate_keep: rotate_keep.max(1),
             open: HashMap::new(),
+            spare: Vec::new(),
         }
     }
 
+    /// Writes the batches' text batch by batch (into the same memory each time): at most one
+    /// batch's text is held, not the whole delivery's.
     pub async fn send(&mut self, batches: &[Batch]) -> Result<(), OutputError> {
-        let mut per_file: Vec<(PathBuf, Vec<u8>)> = Vec::new();
         for b in batches {
-            let name = self.file.clone().unwrap_or_else(|| b.tag.clone());
+            let name = self.file.as_deref().unwrap_or(&b.tag);
             let path = match &self.dir {
                 Some(d) => d.join(name),
                 None => PathBuf::from(name),
             };
-            let idx = match per_file.iter().position(|(p, _)| *p == path) {
-                Some(i) => i,
-                None => {
-                    per_file.push((path, Vec::new()));
-                    per_file.len() - 1
-                }
-            };
-            let out = &mut per_file[idx].1;
+            let mut out = std::mem::take(&mut self.spare);
+            out.clear();
             format::each_record(b, |t, rec| {
                 if !self.plain {
                     out.extend_from_slice(b.tag.as_bytes());
                     out.extend_from_slice(b": [");
-                    crate::msgpack::write_json_f64(out, t.as_f64());
+                    crate::msgpack::write_json_f64(&mut out, t.as_f64());
                     out.push(b',');
                 }
-                format::record_json(out, t, rec, None)?;
+                format::record_json(&mut out, t, rec, None)?;
                 if !self.plain {
                     out.push(b']');
                 }
                 out.push(b'\n');
                 Ok(())
             })?;
-        }
-        for (path, data) in per_file {
-            self.write(path, &data).await?;
+            let out = self.write(path, out).await?;
+            if out.capacity() <= MAX_SPARE_BYTES {
+                self.spare = out;
+            }
         }
         Ok(())
     }
 
-    async fn write(&mut self, path: PathBuf, data: &[u8]) -> Result<(), OutputError> {
+    /// Appends `data` to `path`; gives `data` back for the next batch.
+    async fn write(&mut self, path: PathBuf, data: Vec<u8>) -> Result<Vec<u8>, OutputError> {
         if !self.open.contains_key(&path) {
             if self.open.len() >= MAX_OPEN_FILES {
                 // many tags: don't hold a descriptor for each forever
@@ -88,28 +92,35 @@ impl FileOut {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(parent).await?;
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .await?;
-            let len = f.metadata().await?.len();
-            self.open.insert(path.clone(), (f, len));
+            let opening = path.clone();
+            let (f, len) = blocking(move || {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&opening)?;
+                let len = f.metadata()?.len();
+                Ok((f, len))
+            })
+            .await?;
+            self.open.insert(path.clone(), (Arc::new(f), len));
         }
         let Some((f, len)) = self.open.get_mut(&path) else {
-            return Ok(());
+            return Ok(data);
         };
-        if let Err(e) = f.write_all(data).await {
-            self.open.remove(&path);
-            return Err(e.into());
-        }
-        f.flush().await?;
+        let file = f.clone();
+        let data = match blocking(move || (&*file).write_all(&data).map(|()| data)).await {
+            Ok(data) => data,
+            Err(e) => {
+                self.open.remove(&path);
+                return Err(e.into());
+            }
+        };
         *len += data.len() as u64;
         if self.rotate_bytes > 0 && *len >= self.rotate_bytes {
             self.open.remove(&path);
             self.rotate(&path).await?;
         }
-        Ok(())
+        Ok(data)
     }
 
     /// `f` → `f.1` → … → `f.N` (the oldest beyond `Rotate_Keep` is removed).
@@ -126,4 +137,13 @@ impl FileOut {
         tokio::fs::rename(path, name(1)).await?;
         Ok(())
     }
+}
+
+/// Runs file i/o on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }

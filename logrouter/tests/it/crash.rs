@@ -89,7 +89,14 @@ pub async fn spawn_router_child(
     std::fs::write(&cfg_path, config).unwrap();
     let addr_file = dir.join("child.addr");
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["crash::router_child", "--exact", "--ignored", "--nocapture"])
+        // on the main thread, as `skiff logrouter` runs the router (no test runner thread)
+        .args([
+            "crash::router_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_CONFIG, &cfg_path)
         .env(CHILD_ADDR_FILE, &addr_file)
         .stdout(std::process::Stdio::null())
@@ -104,10 +111,21 @@ pub async fn spawn_router_child(
     (child, addr)
 }
 
-/// Not a test: the router process the SIGKILL and memory tests start (this binary re-executed).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Not a test: the router process the SIGKILL and memory tests start (this binary re-executed),
+/// started as `skiff logrouter` starts it.
+#[test]
 #[ignore = "child process of sigkill_mid_stream_loses_no_acknowledged_record"]
-async fn router_child() {
+fn router_child() {
+    skiff_logrouter::no_transparent_huge_pages();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run_router_child());
+}
+
+async fn run_router_child() {
     let config = std::env::var(CHILD_CONFIG)
         .expect("run by sigkill_mid_stream_loses_no_acknowledged_record");
     let addr_file = std::env::var(CHILD_ADDR_FILE).unwrap();

@@ -9,16 +9,13 @@ const CLIENTS: u64 = 64;
 const FRAMES_PER_CLIENT: u64 = 2;
 /// ~175-byte records: ~700 KB PackedForward frames, ~45 MB in flight if every client sent at once.
 const RECORDS_PER_FRAME: u64 = 4_000;
-/// A regression bound on the router's peak RSS under these loads. Issue 5's target (30 MiB) is
-/// measured by `skiff loadtest bench logrouter` (BENCHMARKS.md); here the peaks are 25–29 MiB
-/// with the frame budget and the connection cap, and 38–115 MiB without them, so 36 MiB keeps a
-/// margin against allocator noise while still failing if either mechanism breaks.
-const MAX_PEAK_RSS_KIB: u64 = 36 * 1024;
-/// Highly compressed frames vary more (25–45 MiB seen, 115 MiB without the decompression
-/// charge): a looser bound that still fails if inflating is no longer charged to the budget.
-const MAX_PEAK_RSS_COMPRESSED_KIB: u64 = 72 * 1024;
-/// Big uncompressed frames: 25–27 MiB seen with the frame budget, 52 MiB without it.
-const MAX_PEAK_RSS_BIG_FRAMES_KIB: u64 = 46 * 1024;
+/// Issue 5's target for the router's peak RSS, whatever the load, under the binary's allocator
+/// (glibc, as `skiff`): 19-20 MiB seen for big frames, 17-18 MiB for highly compressed frames,
+/// 21.5 MiB for thousands of idle connections (9.5 MiB idle, 8 of it the test binary's code).
+/// Without the frame budget, the connection cap or the decompression charge they reach
+/// 50-115 MiB; with freed frames left to the allocator rather than reused (see
+/// `skiff_logrouter::spares`) 25-30 MiB.
+const MAX_PEAK_RSS_KIB: u64 = 30 * 1024;
 
 /// A value in KiB from /proc/PID/status (`VmHWM`: peak RSS, `VmRSS`: current).
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -41,7 +38,7 @@ fn line_count(path: &Path) -> u64 {
 async fn serial_many_clients_sending_big_frames_stay_within_the_memory_target() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.log");
-    // the default frame budget (`frames.mem_limit`, 8 MiB) and the default Buffer_Max_Size (6 MB)
+    // the default frame budget (`frames.mem_limit`, 6 MiB) and the default Buffer_Max_Size (6 MB)
     let config = file_output_config(&out);
     let (child, addr) = spawn_router_child(&config, dir.path()).await;
     let total = send_together(addr, CLIENTS, FRAMES_PER_CLIENT, RECORDS_PER_FRAME, false).await;
@@ -50,7 +47,7 @@ async fn serial_many_clients_sending_big_frames_stay_within_the_memory_target() 
         &out,
         total,
         &format!("{CLIENTS} clients x {FRAMES_PER_CLIENT} frames of {RECORDS_PER_FRAME} records"),
-        MAX_PEAK_RSS_BIG_FRAMES_KIB,
+        MAX_PEAK_RSS_KIB,
     )
     .await;
 }
@@ -128,7 +125,7 @@ async fn check_delivered_within_target(
         (0..total).collect::<Vec<_>>(),
         "every acked record delivered"
     );
-    assert!(peak < max_kib, "peak RSS {peak} KiB above {max_kib} KiB");
+    assert!(peak <= max_kib, "peak RSS {peak} KiB above {max_kib} KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +150,7 @@ async fn serial_many_clients_sending_highly_compressed_frames_stay_within_the_me
         &out,
         total,
         &format!("{CLIENTS} clients x {FRAMES} compressed frames of {RECORDS} records"),
-        MAX_PEAK_RSS_COMPRESSED_KIB,
+        MAX_PEAK_RSS_KIB,
     )
     .await;
 }
