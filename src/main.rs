@@ -532,6 +532,8 @@ fn block_on(
         b.worker_threads(threads);
         b
     };
+    // Access log lines wait in a per-thread buffer until it fills or the thread goes idle.
+    builder.on_thread_park(skiff_proxy::access::flush_thread_buffer);
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -545,7 +547,10 @@ fn block_on(
         trimmer.abort();
         result
     };
-    match runtime.block_on(run) {
+    let result = runtime.block_on(run);
+    drop(runtime);
+    skiff_proxy::access::flush_thread_buffer();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
             eprintln!("skiff: {message}");

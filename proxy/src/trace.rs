@@ -131,11 +131,13 @@ pub(crate) enum SpanKind {
     Client,
 }
 
-/// An attribute value.
+/// An attribute value. Addresses stay binary until the exporter encodes them.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Value {
     Str(Cow<'static, str>),
     Int(i64),
+    Ip(std::net::IpAddr),
+    Addr(SocketAddr),
 }
 
 /// A finished span, as exported.
@@ -529,10 +531,7 @@ impl Tracer {
                 }
             }
             if let Some(peer) = req.peer {
-                attributes.push((
-                    "network.peer.address",
-                    Value::Str(peer.ip().to_string().into()),
-                ));
+                attributes.push(("network.peer.address", Value::Ip(peer.ip())));
                 attributes.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
             }
             attributes.push((
@@ -555,7 +554,7 @@ impl Tracer {
                     .as_ref()
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
-                name: Cow::Owned(req.method.as_str().to_owned()),
+                name: method_name(req.method),
                 kind: SpanKind::Server,
                 start_unix_nanos: unix_nanos(SystemTime::now()),
                 end_unix_nanos: 0,
@@ -597,18 +596,12 @@ impl Tracer {
         let data = self.recording(ctx.sampled).then(|| {
             let mut attributes = Vec::with_capacity(10);
             request_attributes(&mut attributes, method);
-            attributes.push((
-                "server.address",
-                Value::Str(endpoint.ip().to_string().into()),
-            ));
+            attributes.push(("server.address", Value::Ip(endpoint.ip())));
             attributes.push(("server.port", Value::Int(i64::from(endpoint.port()))));
-            attributes.push((
-                "network.peer.address",
-                Value::Str(endpoint.ip().to_string().into()),
-            ));
+            attributes.push(("network.peer.address", Value::Ip(endpoint.ip())));
             attributes.push(("network.peer.port", Value::Int(i64::from(endpoint.port()))));
             attributes.push(("skiff.target", Value::Str(target.to_owned().into())));
-            attributes.push(("skiff.endpoint", Value::Str(endpoint.to_string().into())));
+            attributes.push(("skiff.endpoint", Value::Addr(endpoint)));
             attributes.push(("skiff.attempt", Value::Int(i64::from(attempt))));
             SpanData {
                 trace_id: ctx.trace_id,
@@ -619,7 +612,7 @@ impl Tracer {
                     .as_ref()
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
-                name: Cow::Owned(method.as_str().to_owned()),
+                name: method_name(method),
                 kind: SpanKind::Client,
                 start_unix_nanos: unix_nanos(SystemTime::now()),
                 end_unix_nanos: 0,
@@ -738,10 +731,7 @@ fn request_attributes(attributes: &mut Vec<(&'static str, Value)>, method: &Meth
             | Method::CONNECT
     );
     if known {
-        attributes.push((
-            "http.request.method",
-            Value::Str(method.as_str().to_owned().into()),
-        ));
+        attributes.push(("http.request.method", Value::Str(method_name(method))));
     } else {
         attributes.push(("http.request.method", Value::Str("_OTHER".into())));
         attributes.push((
@@ -749,6 +739,22 @@ fn request_attributes(attributes: &mut Vec<(&'static str, Value)>, method: &Meth
             Value::Str(method.as_str().to_owned().into()),
         ));
     }
+}
+
+/// A method's name, without allocating for the standard ones.
+fn method_name(method: &Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => return Cow::Owned(method.as_str().to_owned()),
+    })
 }
 
 fn protocol_version(v: Version) -> &'static str {
@@ -945,6 +951,7 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     (out != [0u8; N]).then_some(out)
 }
 
+#[cfg(test)]
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];
     hex_into(bytes, &mut out);
@@ -952,7 +959,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Lower-case hex of `bytes` into `out` (twice as long), without formatting machinery.
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     debug_assert_eq!(out.len(), bytes.len() * 2);
     for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
