@@ -179,7 +179,10 @@ pub struct BenchRow {
     /// RSS while `held_connections` keep-alive client connections are open, and a second after
     /// they close.
     pub held_rss_kib: Option<u64>,
+    /// RSS once back near idle after the held connections closed (or a minute after, if never),
+    /// and how long that took.
     pub after_close_rss_kib: Option<u64>,
+    pub after_close_secs: Option<f64>,
     pub max_throughput: Option<f64>,
     /// Failed requests over both measured phases.
     pub errors: u64,
@@ -550,9 +553,19 @@ impl Context<'_> {
             row.peak_rss_kib = child.0.stats().map(|stats| stats.peak_rss_kib);
             row.errors += held.failed;
             drop(held);
-            // A measurement point, not a readiness wait: memory a second after the clients left.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            row.after_close_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
+            let closed = Instant::now();
+            let near = row.idle_rss_kib.map(near_idle_kib);
+            // Polls until RSS is back near idle, for at most the minute the target allows.
+            loop {
+                let rss = child.0.stats().map(|stats| stats.rss_kib);
+                row.after_close_rss_kib = rss;
+                row.after_close_secs = Some(closed.elapsed().as_secs_f64());
+                let back = matches!((rss, near), (Some(rss), Some(near)) if rss <= near);
+                if back || closed.elapsed() >= BACK_TO_IDLE_WITHIN {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
         child.0.stop().await;
         if let Some(sink) = sink {
@@ -766,6 +779,14 @@ async fn origin_stats(url: &str) -> Option<(u64, u64)> {
         value["connections_accepted"].as_u64()?,
         value["requests"].as_u64()?,
     ))
+}
+
+/// How long RSS may take to come back near idle after the held connections close.
+pub const BACK_TO_IDLE_WITHIN: Duration = Duration::from_secs(60);
+
+/// "Near idle": within 10 % (at least 1 MiB) of the idle RSS.
+pub fn near_idle_kib(idle_kib: u64) -> u64 {
+    idle_kib + (idle_kib / 10).max(1024)
 }
 
 /// Keep-alive connections that each carried one request, held open until dropped.

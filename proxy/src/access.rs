@@ -29,7 +29,7 @@ const FLUSH_AGE: Duration = Duration::from_millis(200);
 /// What the forwarder learned about a request, for the access log.
 #[derive(Default)]
 pub(crate) struct ForwardInfo {
-    pub(crate) target: Option<String>,
+    pub(crate) target: Option<Arc<str>>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) attempts: u32,
     pub(crate) trace: Option<SpanContext>,

@@ -19,6 +19,8 @@ use crate::retry::Budget;
 /// State of a target service that outlives discovery updates.
 pub(crate) struct Target {
     pub(crate) name: String,
+    /// The discovery name, without the `inbound/` of inbound targets (telemetry's label).
+    pub(crate) discovery_name: Arc<str>,
     pub(crate) policy: TargetPolicy,
     pub(crate) budget: Budget,
     pub(crate) metrics: Arc<TargetMetrics>,
@@ -91,6 +93,7 @@ impl Target {
     ) -> Self {
         Target {
             name: name.to_owned(),
+            discovery_name: Arc::from(name.strip_prefix("inbound/").unwrap_or(name)),
             budget: Budget::new(&policy.retry, now),
             policy,
             metrics,

@@ -122,7 +122,7 @@ impl Forwarder {
         let deadline = timeout.map(|t| start + t);
         let on_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         if self.config.access_log != AccessLog::Off || span.is_recording() {
-            info.target = Some(target_name(&concrete).to_owned());
+            info.target = Some(target.discovery_name.clone());
         }
         let (parts, body) = req.into_parts();
         let idempotent = is_idempotent(&parts.method, &parts.headers);
@@ -171,8 +171,9 @@ impl Forwarder {
                 upstream.headers_mut(),
                 &parts.method,
                 ep.addr,
-                target_name(&concrete),
+                &target.discovery_name,
                 attempts,
+                now,
             );
             // connect + send with timeout
             let try_timeout = match (policy.retry.per_try_timeout, deadline) {
@@ -199,6 +200,7 @@ impl Forwarder {
                     Attempt::Response { resp, .. } => Ok(resp.status().as_u16()),
                     Attempt::Failed { err, .. } => Err(err.kind()),
                 },
+                end,
             );
             let (outcome, sample) = match &attempt {
                 // A gRPC answer without a status in its headers has it in its trailers.
@@ -431,12 +433,6 @@ impl ReplayBody {
             },
         }
     }
-}
-
-/// The discovery name a request goes to (inbound targets are `inbound/<name>` in metrics).
-fn target_name(concrete: &Concrete) -> &str {
-    let name = concrete.name();
-    name.strip_prefix("inbound/").unwrap_or(name)
 }
 
 /// The authority a request names: absolute-form URI first, then Host.

@@ -220,18 +220,13 @@ impl HttpListener {
                     peer: Some(peer),
                     version,
                 });
-                // Only what the access log needs is copied, and only when it is on; the query
-                // string only when `includeQueryParameters` is enabled.
+                // What the access log needs, kept only when it is on: the URI and Host are
+                // reference-counted views of the request's bytes (no copy).
                 let line = (format != AccessLog::Off).then(|| {
-                    let path = match req.uri().path_and_query() {
-                        Some(pq) if forwarder.config.access_log_query => pq.as_str(),
-                        Some(pq) => pq.path(),
-                        None => "/",
-                    };
                     (
                         req.method().clone(),
-                        authority.unwrap_or("-").to_owned(),
-                        path.to_owned(),
+                        req.uri().clone(),
+                        req.headers().get(header::HOST).cloned(),
                         Instant::now(),
                     )
                 });
@@ -262,9 +257,20 @@ impl HttpListener {
                     span,
                     resp.status().as_u16(),
                     error,
-                    info.target.as_deref(),
+                    info.target.as_ref(),
                 );
-                if let Some((method, authority, path, start)) = &line {
+                if let Some((method, uri, host, start)) = &line {
+                    let authority = uri
+                        .authority()
+                        .map(|a| a.as_str())
+                        .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+                        .unwrap_or("-");
+                    // The query only with `includeQueryParameters`.
+                    let path = match uri.path_and_query() {
+                        Some(pq) if forwarder.config.access_log_query => pq.as_str(),
+                        Some(pq) => pq.path(),
+                        None => "/",
+                    };
                     access::log(
                         format,
                         &forwarder.access_log_sink,

@@ -135,6 +135,7 @@ pub(crate) enum SpanKind {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Value {
     Str(Cow<'static, str>),
+    Shared(Arc<str>),
     Int(i64),
     Ip(std::net::IpAddr),
     Addr(SocketAddr),
@@ -579,8 +580,9 @@ impl Tracer {
         headers: &mut HeaderMap,
         method: &Method,
         endpoint: SocketAddr,
-        target: &str,
+        target: &Arc<str>,
         attempt: u32,
+        now: Instant,
     ) -> ClientSpan {
         let ctx = SpanContext {
             trace_id: server.ctx.trace_id,
@@ -596,11 +598,11 @@ impl Tracer {
         let data = self.recording(ctx.sampled).then(|| {
             let mut attributes = Vec::with_capacity(10);
             request_attributes(&mut attributes, method);
+            // `network.peer.*` only when it differs from `server.*` (semantic conventions):
+            // here it never does.
             attributes.push(("server.address", Value::Ip(endpoint.ip())));
             attributes.push(("server.port", Value::Int(i64::from(endpoint.port()))));
-            attributes.push(("network.peer.address", Value::Ip(endpoint.ip())));
-            attributes.push(("network.peer.port", Value::Int(i64::from(endpoint.port()))));
-            attributes.push(("skiff.target", Value::Str(target.to_owned().into())));
+            attributes.push(("skiff.target", Value::Shared(target.clone())));
             attributes.push(("skiff.endpoint", Value::Addr(endpoint)));
             attributes.push(("skiff.attempt", Value::Int(i64::from(attempt))));
             SpanData {
@@ -614,24 +616,35 @@ impl Tracer {
                     .map(str::to_owned),
                 name: method_name(method),
                 kind: SpanKind::Client,
-                start_unix_nanos: unix_nanos(SystemTime::now()),
+                // The server span's wall clock plus monotonic time since: no clock read here.
+                start_unix_nanos: match (&server.data, server.start) {
+                    (Some(d), Some(s)) => d
+                        .start_unix_nanos
+                        .saturating_add(now.saturating_duration_since(s).as_nanos() as u64),
+                    _ => unix_nanos(SystemTime::now()),
+                },
                 end_unix_nanos: 0,
                 attributes,
                 error: false,
             }
         });
         ClientSpan {
-            start: data.as_ref().map(|_| Instant::now()),
+            start: data.as_ref().map(|_| now),
             data,
         }
     }
 
-    /// Closes an attempt's span with the upstream's status, or the error kind.
-    pub(crate) fn end_client(&self, span: ClientSpan, outcome: Result<u16, &'static str>) {
+    /// Closes an attempt's span (ended at `at`) with the upstream's status, or the error kind.
+    pub(crate) fn end_client(
+        &self,
+        span: ClientSpan,
+        outcome: Result<u16, &'static str>,
+        at: Instant,
+    ) {
         let (Some(mut data), Some(start)) = (span.data, span.start) else {
             return;
         };
-        end(&mut data, start, outcome);
+        end(&mut data, at.saturating_duration_since(start), outcome);
         self.submit(data);
     }
 
@@ -641,19 +654,19 @@ impl Tracer {
         span: ServerSpan,
         status: u16,
         error: Option<&'static str>,
-        target: Option<&str>,
+        target: Option<&Arc<str>>,
     ) {
         let (Some(mut data), Some(start)) = (span.data, span.start) else {
             return;
         };
         if let Some(target) = target {
             data.attributes
-                .push(("skiff.target", Value::Str(target.to_owned().into())));
+                .push(("skiff.target", Value::Shared(target.clone())));
         }
         if let Some(e) = error {
             data.attributes.push(("error.type", Value::Str(e.into())));
         }
-        end(&mut data, start, Ok(status));
+        end(&mut data, start.elapsed(), Ok(status));
         self.submit(data);
     }
 
@@ -687,10 +700,10 @@ impl ServerSpan {
     }
 }
 
-fn end(data: &mut SpanData, start: Instant, outcome: Result<u16, &'static str>) {
+fn end(data: &mut SpanData, elapsed: Duration, outcome: Result<u16, &'static str>) {
     data.end_unix_nanos = data
         .start_unix_nanos
-        .saturating_add(start.elapsed().as_nanos() as u64);
+        .saturating_add(elapsed.as_nanos() as u64);
     match outcome {
         Ok(status) => {
             data.attributes

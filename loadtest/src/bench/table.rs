@@ -6,11 +6,144 @@ use super::{BenchReport, BenchRow};
 use crate::LoadtestError;
 use crate::load::report::trim_float;
 
+fn times(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| NONE.to_string(), |r| format!("{r:.2}×"))
+}
+
 const NONE: &str = "—";
 
 // === impl BenchReport ===
 
 impl BenchReport {
+    /// Issue 4's targets for `sidecar`, against the peers of the same run.
+    pub fn proxy_checks(&self, sidecar: &BenchRow) -> Vec<super::harness::Check> {
+        use super::harness::Check;
+        let find = |name: &str| {
+            self.rows
+                .iter()
+                .find(|r| r.peer == name && r.skipped.is_none())
+        };
+        let (direct, haproxy, nginx) = (find("direct"), find("HAProxy"), find("nginx"));
+        let per = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        let lat = |row: Option<&BenchRow>, f: fn(&crate::load::report::LatencySummary) -> u64| {
+            row.and_then(|r| r.latency.as_ref()).map(f)
+        };
+        let added = |row: Option<&BenchRow>, f: fn(&crate::load::report::LatencySummary) -> u64| {
+            lat(row, f)
+                .zip(lat(direct, f))
+                .map(|(v, d)| v as f64 - d as f64)
+        };
+        let best_peer = |f: fn(&crate::load::report::LatencySummary) -> u64| match (
+            added(haproxy, f),
+            added(nginx, f),
+        ) {
+            (Some(h), Some(n)) => Some(h.min(n)),
+            (h, n) => h.or(n),
+        };
+        let mut checks = Vec::new();
+        let t_h = per(
+            sidecar.max_throughput,
+            haproxy.and_then(|h| h.max_throughput),
+        );
+        checks.push(Check::new(
+            "max throughput ÷ HAProxy",
+            times(t_h),
+            "≥ 1.00×",
+            t_h.map(|r| r >= 1.0),
+        ));
+        let t_n = per(sidecar.max_throughput, nginx.and_then(|n| n.max_throughput));
+        checks.push(Check::new(
+            "max throughput ÷ nginx",
+            times(t_n),
+            "≥ 0.90×",
+            t_n.map(|r| r >= 0.9),
+        ));
+        let cpu = per(
+            sidecar.cpu_us_per_request,
+            haproxy.and_then(|h| h.cpu_us_per_request),
+        );
+        checks.push(Check::new(
+            "CPU per request ÷ HAProxy",
+            times(cpu),
+            "≤ 1.00×",
+            cpu.map(|r| r <= 1.0),
+        ));
+        for (name, f) in [
+            (
+                "p50",
+                (|l: &crate::load::report::LatencySummary| l.p50_us) as fn(&_) -> u64,
+            ),
+            ("p99", |l: &crate::load::report::LatencySummary| l.p99_us),
+        ] {
+            let ours = added(Some(sidecar), f);
+            let peer = best_peer(f);
+            checks.push(Check::new(
+                format!("added {name} at {} req/s", trim_float(self.rate)),
+                ours.map_or_else(|| NONE.to_string(), |v| format!("{v:+.0} µs")),
+                peer.map_or_else(
+                    || NONE.to_string(),
+                    |v| format!("≤ {v:+.0} µs (better peer)"),
+                ),
+                ours.zip(peer).map(|(o, p)| o <= p),
+            ));
+        }
+        let worst_max = sidecar.latency.as_ref().map(|l| l.max_us);
+        checks.push(Check::new(
+            format!("max latency at {} req/s", trim_float(self.rate)),
+            worst_max.map_or_else(
+                || NONE.to_string(),
+                |m| format!("{:.1} ms", m as f64 / 1000.0),
+            ),
+            "≤ 5 ms",
+            worst_max.map(|m| m <= 5_000),
+        ));
+        let mem = |kib: Option<u64>| kib.map(mib);
+        checks.push(Check::new(
+            "idle RSS",
+            fmt(mem(sidecar.idle_rss_kib), 1) + " MiB",
+            "≤ 10 MiB",
+            mem(sidecar.idle_rss_kib).map(|m| m <= 10.0),
+        ));
+        checks.push(Check::new(
+            format!("RSS with {} keep-alive connections", self.held_connections),
+            fmt(mem(sidecar.held_rss_kib), 1) + " MiB",
+            "≤ 20 MiB",
+            mem(sidecar.held_rss_kib).map(|m| m <= 20.0),
+        ));
+        let back = sidecar
+            .after_close_rss_kib
+            .zip(sidecar.idle_rss_kib)
+            .map(|(rss, idle)| rss <= super::near_idle_kib(idle));
+        checks.push(Check::new(
+            "back near idle after they close",
+            sidecar.after_close_secs.map_or_else(
+                || NONE.to_string(),
+                |s| {
+                    if back == Some(true) {
+                        format!("{s:.1} s")
+                    } else {
+                        format!("not in {s:.0} s")
+                    }
+                },
+            ),
+            "≤ 60 s",
+            back,
+        ));
+        checks.push(Check::new(
+            "new upstream connections / 1,000 requests",
+            fmt(sidecar.new_upstream_connections_per_1000, 2),
+            "0",
+            sidecar.new_upstream_connections_per_1000.map(|n| n == 0.0),
+        ));
+        checks.push(Check::new(
+            "first 200 after exec",
+            fmt(sidecar.first_200_ms, 1) + " ms",
+            "≤ 20 ms",
+            sidecar.first_200_ms.map(|ms| ms <= 20.0),
+        ));
+        checks
+    }
+
     pub fn to_json(&self) -> Result<String, LoadtestError> {
         Ok(serde_json::to_string_pretty(self)?)
     }
@@ -84,22 +217,38 @@ impl BenchReport {
         out.push_str("\n### Start and memory\n\n");
         let _ = writeln!(
             out,
-            "| | first 200 after exec (ms) | idle RSS (MiB) | RSS with {} connections (MiB) | 1 s after they close (MiB) | peak RSS (MiB) | new upstream connections / 1,000 requests |",
+            "| | first 200 after exec (ms) | idle RSS (MiB) | RSS with {} connections (MiB) | after they close (MiB) | back near idle after (s) | peak RSS (MiB) | new upstream connections / 1,000 requests |",
             self.held_connections
         );
-        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for row in &measured {
+            let back = match (
+                row.after_close_rss_kib,
+                row.idle_rss_kib,
+                row.after_close_secs,
+            ) {
+                (Some(rss), Some(idle), Some(secs)) if rss <= super::near_idle_kib(idle) => {
+                    format!("{secs:.1}")
+                }
+                (Some(_), Some(_), Some(secs)) => format!("not within {secs:.0}"),
+                _ => NONE.to_string(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.peer,
                 fmt(row.first_200_ms, 1),
                 fmt(row.idle_rss_kib.map(mib), 1),
                 fmt(row.held_rss_kib.map(mib), 1),
                 fmt(row.after_close_rss_kib.map(mib), 1),
+                back,
                 fmt(row.peak_rss_kib.map(mib), 1),
                 fmt(row.new_upstream_connections_per_1000, 2),
             );
+        }
+        if let Some(sidecar) = measured.iter().find(|row| row.peer == "skiff sidecar") {
+            out.push_str("\n### Issue 4's targets (the sidecar with telemetry off)\n\n");
+            out.push_str(&super::harness::checks_table(&self.proxy_checks(sidecar)));
         }
 
         out.push_str(&super::telemetry::markdown(self));

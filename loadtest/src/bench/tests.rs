@@ -157,7 +157,7 @@ fn markdown_compares_with_direct_and_haproxy_and_lists_skipped_rows() {
     assert!(markdown.contains("Latency at 2000 req/s over 16 connections"));
     assert!(markdown.contains("| HAProxy | 280 | +230 | 440 | +340 |"));
     assert!(
-        markdown.contains("| nginx | 21.0 | 15.0 | — | — | 35.0 | 0.00 |"),
+        markdown.contains("| nginx | 21.0 | 15.0 | — | — | — | 35.0 | 0.00 |"),
         "{markdown}"
     );
     assert!(markdown.contains("RSS with 1000 connections"));
@@ -167,4 +167,51 @@ fn markdown_compares_with_direct_and_haproxy_and_lists_skipped_rows() {
     );
     let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
     assert_eq!(json["rows"][1]["max_throughput"], 63_000.0);
+}
+
+#[test]
+fn the_sidecar_row_is_checked_against_issue_4s_targets() {
+    let sidecar = BenchRow {
+        idle_rss_kib: Some(9 * 1024),
+        held_rss_kib: Some(19 * 1024),
+        after_close_rss_kib: Some(9 * 1024 + 512),
+        after_close_secs: Some(5.5),
+        first_200_ms: Some(25.0),
+        ..row("skiff sidecar", 72_000.0, 15.0, 260, 500)
+    };
+    let report = BenchReport {
+        rows: vec![
+            row("direct", 100_000.0, 0.0, 50, 100),
+            row("HAProxy", 63_000.0, 15.7, 280, 440),
+            row("nginx", 79_000.0, 12.4, 300, 440),
+            sidecar.clone(),
+        ],
+        notes: vec![],
+        rate: 2000.0,
+        rate_connections: 16,
+        max_connections: 64,
+        held_connections: 1000,
+        elapsed_secs: 42.0,
+    };
+    let checks = report.proxy_checks(&sidecar);
+    let verdict = |what: &str| {
+        checks
+            .iter()
+            .find(|c| c.what.starts_with(what))
+            .unwrap_or_else(|| panic!("no check {what}: {checks:?}"))
+            .met
+    };
+    assert_eq!(verdict("max throughput ÷ HAProxy"), Some(true));
+    assert_eq!(verdict("max throughput ÷ nginx"), Some(true));
+    assert_eq!(verdict("CPU per request"), Some(true));
+    // +210 µs against HAProxy's +230: met; p99 +400 against +340: missed
+    assert_eq!(verdict("added p50"), Some(true));
+    assert_eq!(verdict("added p99"), Some(false));
+    assert_eq!(verdict("idle RSS"), Some(true));
+    assert_eq!(verdict("RSS with 1000"), Some(true));
+    assert_eq!(verdict("back near idle"), Some(true));
+    assert_eq!(verdict("first 200"), Some(false));
+    let markdown = report.to_markdown();
+    assert!(markdown.contains("Issue 4's targets"), "{markdown}");
+    assert!(markdown.contains("| 5.5 |"), "{markdown}");
 }

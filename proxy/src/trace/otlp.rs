@@ -22,6 +22,8 @@ pub(crate) struct Batch {
     /// entries: the request is assembled in place, without copying the spans.
     spans: Vec<u8>,
     count: usize,
+    /// One span's bytes, before its length prefix is known.
+    scratch: Vec<u8>,
 }
 
 /// Most a gRPC frame header, two tags and two lengths take.
@@ -62,6 +64,7 @@ impl Batch {
             scope,
             spans: Vec::new(),
             count: 0,
+            scratch: Vec::with_capacity(512),
         };
         batch.spans = batch.fresh(0);
         batch
@@ -90,11 +93,9 @@ impl Batch {
 
     /// Encodes `span` into the batch.
     pub(crate) fn push(&mut self, span: &SpanData) {
-        tag(&mut self.spans, 2, 2);
-        varint(&mut self.spans, span_len(span) as u64);
-        let before = self.spans.len();
-        encode_span(&mut self.spans, span);
-        debug_assert_eq!(self.spans.len() - before, span_len(span));
+        self.scratch.clear();
+        encode_span(&mut self.scratch, span);
+        bytes(&mut self.spans, 2, &self.scratch);
         self.count += 1;
     }
 
@@ -175,28 +176,6 @@ fn encode_span(out: &mut Vec<u8>, span: &SpanData) {
     fixed32(out, 16, 0x01);
 }
 
-/// The encoded size of `encode_span(span)`.
-fn span_len(span: &SpanData) -> usize {
-    let mut n = field_len(1, 16) + 16 + field_len(2, 8) + 8;
-    if let Some(ts) = span.trace_state.as_deref().filter(|t| !t.is_empty()) {
-        n += field_len(3, ts.len() as u64) + ts.len();
-    }
-    if span.parent_span_id.is_some() {
-        n += field_len(4, 8) + 8;
-    }
-    n += field_len(5, span.name.len() as u64) + span.name.len();
-    n += 1 + varint_len(kind_number(span.kind));
-    n += 2 * (1 + 8);
-    for (k, v) in &span.attributes {
-        let len = key_value_len(k, &text(v, &mut [0; TEXT_MAX]));
-        n += field_len(9, len as u64) + len;
-    }
-    if span.error {
-        n += field_len(15, ERROR_STATUS.len() as u64) + ERROR_STATUS.len();
-    }
-    n + 2 + 4
-}
-
 /// Longest address rendered as text (`[v6]:port`).
 const TEXT_MAX: usize = 64;
 
@@ -210,6 +189,7 @@ enum Scalar<'a> {
 fn text<'a>(value: &'a Value, buf: &'a mut [u8; TEXT_MAX]) -> Scalar<'a> {
     let n = match value {
         Value::Str(s) => return Scalar::Str(s.as_bytes()),
+        Value::Shared(s) => return Scalar::Str(s.as_bytes()),
         Value::Int(i) => return Scalar::Int(*i as u64),
         Value::Ip(ip) => render_ip(*ip, buf, 0),
         Value::Addr(addr) => {

@@ -45,7 +45,15 @@ fn w3c_context_is_continued_with_child_spans() {
     assert!(server.ctx.sampled);
     let mut up = h.clone();
     let addr = "127.0.0.1:1".parse().unwrap();
-    let _c = tracer.client_span(&server, &mut up, &Method::GET, addr, "orders", 1);
+    let _c = tracer.client_span(
+        &server,
+        &mut up,
+        &Method::GET,
+        addr,
+        &"orders".into(),
+        1,
+        Instant::now(),
+    );
     let tp = up["traceparent"].to_str().unwrap();
     assert!(
         tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-01"),
@@ -71,8 +79,9 @@ fn an_unsampled_parent_stays_unsampled() {
         &mut up,
         &Method::GET,
         "127.0.0.1:1".parse().unwrap(),
-        "orders",
+        &"orders".into(),
         1,
+        Instant::now(),
     );
     assert!(up["traceparent"].to_str().unwrap().ends_with("-00"));
 }
@@ -131,8 +140,9 @@ fn b3_single_and_multi_are_read_and_written_back() {
         &mut up,
         &Method::GET,
         "127.0.0.1:1".parse().unwrap(),
-        "orders",
+        &"orders".into(),
         1,
+        Instant::now(),
     );
     assert_eq!(up["x-b3-traceid"], TRACE);
     assert_eq!(up["x-b3-parentspanid"], hex(&server.ctx.span_id).as_str());
@@ -146,8 +156,9 @@ fn b3_single_and_multi_are_read_and_written_back() {
         &mut up,
         &Method::GET,
         "127.0.0.1:1".parse().unwrap(),
-        "orders",
+        &"orders".into(),
         1,
+        Instant::now(),
     );
     let b3 = up["b3"].to_str().unwrap();
     assert!(
