@@ -6,16 +6,21 @@
 //! response. Here each endpoint owns its connections (`Endpoint::pool`), so a request only
 //! takes that endpoint's lock, twice, to check a connection out and back in.
 //!
-//! An HTTP/1.1 connection goes back to the pool when the response body ends (see
-//! [`ResponseBody`]); one found closed before the request was written is replaced at once and
-//! the request sent on a fresh connection (the app never saw it). The task driving a
-//! connection closes it after it has sat idle for the pool's idle timeout.
+//! An HTTP/1.1 connection has no task of its own: the request that holds it drives it, inside
+//! the downstream connection's task (while waiting for the response head, then while the
+//! response body streams), so a request costs no wake-ups of a second task. It goes back to
+//! the pool when the response body ends (see [`ResponseBody`]); checking it out polls it once,
+//! which finds a connection the app closed meanwhile. One found closed, or closed before the
+//! request was written, is replaced at once and the request sent on a fresh connection (the
+//! app never saw it). A reaper task closes connections idle for the pool's idle timeout.
+//! HTTP/2 connections are shared by many requests and keep a task of their own.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +29,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Body;
@@ -38,6 +44,9 @@ pub(crate) struct Connector {
     max_idle: usize,
     /// Zero of the millisecond clock the idle stamps use.
     epoch: Instant,
+    /// Endpoints with idle HTTP/1.1 connections, for the reaper (started on first use).
+    reap_tx: mpsc::UnboundedSender<Weak<Endpoint>>,
+    reap_rx: Mutex<Option<mpsc::UnboundedReceiver<Weak<Endpoint>>>>,
 }
 
 /// The upstream connections of one endpoint.
@@ -48,11 +57,19 @@ pub(crate) struct Pool {
     h2: Mutex<Option<H2Conn>>,
     /// Connections opened so far (`/endpoints`, tests).
     opened: AtomicU64,
+    /// The reaper watches this pool's idle connections.
+    watched: AtomicBool,
 }
+
+/// What makes an HTTP/1.1 connection move: hyper's connection future, polled by whoever
+/// holds the connection.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
 
 struct H1Conn {
     tx: http1::SendRequest<Body>,
-    state: Arc<ConnState>,
+    driver: Driver,
+    /// When it went back to the pool (ms since the connector's epoch).
+    idle_since_ms: u64,
 }
 
 #[derive(Clone)]
@@ -61,7 +78,8 @@ struct H2Conn {
     state: Arc<ConnState>,
 }
 
-/// What the pool and the task driving a connection share: whether it is idle, and since when.
+/// What the pool and the task driving an HTTP/2 connection share: whether it is idle, and
+/// since when.
 struct ConnState {
     /// Requests (HTTP/1.1: 0 or 1; HTTP/2: streams) using the connection.
     busy: AtomicUsize,
@@ -94,11 +112,13 @@ pub(crate) struct ResponseBody {
 /// A connection in use by one request; released when dropped.
 struct Lease {
     endpoint: Arc<Endpoint>,
-    state: Arc<ConnState>,
+    /// HTTP/2: the shared connection's stream count.
+    state: Option<Arc<ConnState>>,
     epoch: Instant,
     max_idle: usize,
-    /// HTTP/1.1: the connection to return; `None` for HTTP/2 (it stays shared).
-    h1: Option<http1::SendRequest<Body>>,
+    reap: mpsc::UnboundedSender<Weak<Endpoint>>,
+    /// HTTP/1.1: the connection, driven by the request until it goes back to the pool.
+    h1: Option<(http1::SendRequest<Body>, Driver)>,
     /// The response was read to its end: an HTTP/1.1 connection may be reused.
     complete: bool,
 }
@@ -109,6 +129,7 @@ impl Connector {
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
+        let (reap_tx, reap_rx) = mpsc::unbounded_channel();
         Connector {
             h1: http1::Builder::new(),
             h2,
@@ -116,6 +137,20 @@ impl Connector {
             idle_timeout,
             max_idle,
             epoch: Instant::now(),
+            reap_tx,
+            reap_rx: Mutex::new(Some(reap_rx)),
+        }
+    }
+
+    /// Starts the reaper of idle connections (once; within the runtime).
+    fn start_reaper(&self) {
+        let rx = self
+            .reap_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(reap(rx, self.idle_timeout, self.epoch));
         }
     }
 
@@ -147,23 +182,37 @@ impl Connector {
     ) -> Result<Response<ResponseBody>, SendError> {
         let pool = &endpoint.pool;
         loop {
-            let (mut tx, state, pooled) =
-                match pool.checkout_h1(self.millis(now), self.idle_timeout) {
-                    Some(conn) => (conn.tx, conn.state, true),
-                    None => {
-                        let conn = self.connect_h1(endpoint).await?;
-                        (conn.tx, conn.state, false)
-                    }
-                };
-            let sent = tx.try_send_request(req);
+            let checked_out = pool.checkout_h1(self.millis(now), self.idle_timeout);
+            let pooled = checked_out.is_some();
+            let (mut tx, driver) = match checked_out {
+                Some(conn) => (conn.tx, conn.driver),
+                None => {
+                    self.start_reaper();
+                    self.connect_h1(endpoint).await?
+                }
+            };
+            let mut sent = std::pin::pin!(tx.try_send_request(req));
             // From here on, however this ends (even by a timeout dropping this future), the
             // lease gives the connection back or closes it.
-            let mut lease = self.lease(endpoint, state, Some(tx));
-            match sent.await {
+            let mut lease = self.lease(endpoint, None, Some((tx, driver)));
+            let res = std::future::poll_fn(|cx| {
+                if let Poll::Ready(res) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(res);
+                }
+                if !lease.drive(cx) {
+                    // The connection ended first: the response future has its error now.
+                    return sent.as_mut().poll(cx);
+                }
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match res {
                 Ok(resp) => {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // An upgraded connection belongs to the upgrade from now on.
-                        lease.h1 = None;
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some((_, driver)) = lease.h1.take()
+                    {
+                        // The upgrade completes when hyper's connection does: give it a task.
+                        tokio::spawn(driver);
                     }
                     return Ok(ResponseBody::wrap(resp, lease));
                 }
@@ -196,13 +245,13 @@ impl Connector {
             };
             let H2Conn { mut tx, state } = conn;
             state.busy.fetch_add(1, Ordering::Relaxed);
-            let lease = self.lease(endpoint, state, None);
+            let lease = self.lease(endpoint, Some(state.clone()), None);
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, lease)),
                 Err(mut e) => match e.take_message() {
                     // The shared connection went away before the stream was opened.
                     Some(back) if !reconnected => {
-                        pool.forget_h2(&lease.state);
+                        pool.forget_h2(&state);
                         req = back;
                     }
                     _ => return Err(SendError::Request(e.into_error())),
@@ -214,14 +263,15 @@ impl Connector {
     fn lease(
         &self,
         endpoint: &Arc<Endpoint>,
-        state: Arc<ConnState>,
-        h1: Option<http1::SendRequest<Body>>,
+        state: Option<Arc<ConnState>>,
+        h1: Option<(http1::SendRequest<Body>, Driver)>,
     ) -> Lease {
         Lease {
             endpoint: endpoint.clone(),
             state,
             epoch: self.epoch,
             max_idle: self.max_idle,
+            reap: self.reap_tx.clone(),
             h1,
             complete: false,
         }
@@ -237,12 +287,13 @@ impl Connector {
         Ok(TokioIo::new(stream))
     }
 
-    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<H1Conn, SendError> {
+    async fn connect_h1(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(http1::SendRequest<Body>, Driver), SendError> {
         let io = self.tcp(endpoint).await?;
         let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Handshake)?;
-        let state = Arc::new(ConnState::busy());
-        self.drive(conn.with_upgrades(), state.clone(), endpoint.addr);
-        Ok(H1Conn { tx, state })
+        Ok((tx, Box::pin(conn.with_upgrades())))
     }
 
     async fn connect_h2(&self, endpoint: &Endpoint) -> Result<H2Conn, SendError> {
@@ -255,7 +306,7 @@ impl Connector {
         Ok(conn)
     }
 
-    /// Runs a connection until it ends or has been idle for the idle timeout.
+    /// Runs an HTTP/2 connection until it ends or has been idle for the idle timeout.
     fn drive<F>(&self, conn: F, state: Arc<ConnState>, addr: std::net::SocketAddr)
     where
         F: Future<Output = hyper::Result<()>> + Send + 'static,
@@ -291,6 +342,42 @@ fn millis_since(epoch: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Closes HTTP/1.1 connections idle for `idle_timeout` in the pools it is told about.
+async fn reap(
+    mut rx: mpsc::UnboundedReceiver<Weak<Endpoint>>,
+    idle_timeout: Duration,
+    epoch: Instant,
+) {
+    let step = (idle_timeout / 4).max(Duration::from_millis(10));
+    let limit = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut watched: Vec<Weak<Endpoint>> = Vec::new();
+    loop {
+        if watched.is_empty() {
+            match rx.recv().await {
+                Some(endpoint) => watched.push(endpoint),
+                None => return,
+            }
+        }
+        tokio::time::sleep(step).await;
+        while let Ok(endpoint) = rx.try_recv() {
+            watched.push(endpoint);
+        }
+        let now_ms = millis_since(epoch, Instant::now());
+        watched.retain(|endpoint| {
+            let Some(endpoint) = endpoint.upgrade() else {
+                return false;
+            };
+            let pool = &endpoint.pool;
+            if pool.expire(now_ms, limit) > 0 {
+                return true;
+            }
+            // Nothing idle: stop watching, unless a connection came back meanwhile.
+            pool.watched.store(false, Ordering::Relaxed);
+            pool.idle().len() > 0 && !pool.watched.swap(true, Ordering::Relaxed)
+        });
+    }
+}
+
 // === impl Pool ===
 
 impl Pool {
@@ -303,25 +390,36 @@ impl Pool {
     }
 
     /// The most recently used idle HTTP/1.1 connection that is still usable; drops the
-    /// closed and expired ones it meets.
+    /// closed and expired ones it meets. Each is polled once first (with the caller's waker,
+    /// which drives it from now on): that reads an end the app sent while it sat idle.
     fn checkout_h1(&self, now_ms: u64, idle_timeout: Duration) -> Option<H1Conn> {
         let limit = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut idle = self.idle();
-        while let Some(conn) = idle.pop() {
-            let since = conn.state.idle_since_ms.load(Ordering::Relaxed);
-            if conn.tx.is_ready() && now_ms.saturating_sub(since) < limit {
-                conn.state.busy.store(1, Ordering::Relaxed);
+        while let Some(mut conn) = idle.pop() {
+            if now_ms.saturating_sub(conn.idle_since_ms) >= limit {
+                continue;
+            }
+            if conn.usable() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin_h1(&self, conn: H1Conn, max_idle: usize) {
+    fn checkin_h1(&self, conn: H1Conn, max_idle: usize) -> bool {
         let mut idle = self.idle();
-        if idle.len() < max_idle {
-            idle.push(conn);
+        if idle.len() >= max_idle {
+            return false;
         }
+        idle.push(conn);
+        true
+    }
+
+    /// Drops idle connections older than `limit` ms; how many stay.
+    fn expire(&self, now_ms: u64, limit: u64) -> usize {
+        let mut idle = self.idle();
+        idle.retain(|c| now_ms.saturating_sub(c.idle_since_ms) < limit);
+        idle.len()
     }
 
     fn shared_h2(&self) -> Option<H2Conn> {
@@ -353,22 +451,37 @@ impl Pool {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// Idle HTTP/1.1 connections still open now.
+    /// Idle HTTP/1.1 connections still open now (each is polled once to find out).
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle().iter().filter(|c| !c.tx.is_closed()).count()
+        let mut idle = self.idle();
+        let mut cx = Context::from_waker(Waker::noop());
+        idle.retain_mut(|c| c.poll_open(&mut cx));
+        idle.len()
+    }
+}
+
+// === impl H1Conn ===
+
+impl H1Conn {
+    /// Polls the connection once; whether it is still open.
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.driver.as_mut().poll(cx) {
+            Poll::Ready(_) => false,
+            Poll::Pending => !self.tx.is_closed(),
+        }
+    }
+
+    /// Open and ready for a request. The poll (which lets hyper finish the previous exchange
+    /// and read an end the app sent) wakes nobody: the request that takes the connection
+    /// drives it with its own waker from then on.
+    fn usable(&mut self) -> bool {
+        self.poll_open(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
     }
 }
 
 // === impl ConnState ===
 
 impl ConnState {
-    fn busy() -> Self {
-        ConnState {
-            busy: AtomicUsize::new(1),
-            idle_since_ms: AtomicU64::new(0),
-        }
-    }
-
     fn idle(now_ms: u64) -> Self {
         ConnState {
             busy: AtomicUsize::new(0),
@@ -397,18 +510,36 @@ impl ConnState {
 
 // === impl Lease ===
 
+impl Lease {
+    /// Polls the HTTP/1.1 connection (if any); false once it has ended (then it is gone).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((_, driver)) = self.h1.as_mut() else {
+            return true;
+        };
+        if driver.as_mut().poll(cx).is_ready() {
+            self.h1 = None;
+            return false;
+        }
+        true
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         let now_ms = millis_since(self.epoch, Instant::now());
-        self.state.release(now_ms);
-        if let (Some(tx), true) = (self.h1.take(), self.complete) {
-            self.endpoint.pool.checkin_h1(
-                H1Conn {
-                    tx,
-                    state: self.state.clone(),
-                },
-                self.max_idle,
-            );
+        if let Some(state) = &self.state {
+            state.release(now_ms);
+        }
+        if let (Some((tx, driver)), true) = (self.h1.take(), self.complete) {
+            let pool = &self.endpoint.pool;
+            let conn = H1Conn {
+                tx,
+                driver,
+                idle_since_ms: now_ms,
+            };
+            if pool.checkin_h1(conn, self.max_idle) && !pool.watched.swap(true, Ordering::Relaxed) {
+                let _ = self.reap.send(Arc::downgrade(&self.endpoint));
+            }
         }
     }
 }
@@ -446,7 +577,16 @@ impl hyper::body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let res = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(lease) = this.lease.as_mut()
+            && lease.h1.is_some()
+        {
+            // The body comes from the connection this request drives: move it, then look again.
+            lease.drive(cx);
+            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        let res = std::task::ready!(polled);
         match &res {
             None => this.release(true),
             Some(Err(_)) => this.release(false),
