@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::logical::{Table, split_authority};
 use crate::pool::{Connector, ResponseBody, SendError};
 use crate::retry::{RetryReason, backoff, is_idempotent};
-use crate::trace::{ServerSpan, Tracer};
+use crate::trace::{AttemptInfo, ServerSpan, Tracer};
 use crate::{Body, BoxError};
 
 /// How a listener finds the target of a request.
@@ -170,10 +170,12 @@ impl Forwarder {
                 span,
                 upstream.headers_mut(),
                 &parts.method,
-                ep.addr,
-                &target.discovery_name,
-                attempts,
-                now,
+                &AttemptInfo {
+                    endpoint: ep.addr,
+                    target: &target.discovery_name,
+                    number: attempts,
+                    start: now,
+                },
             );
             // connect + send with timeout
             let try_timeout = match (policy.retry.per_try_timeout, deadline) {

@@ -373,7 +373,7 @@ async fn reap(
             }
             // Nothing idle: stop watching, unless a connection came back meanwhile.
             pool.watched.store(false, Ordering::Relaxed);
-            pool.idle().len() > 0 && !pool.watched.swap(true, Ordering::Relaxed)
+            !pool.idle().is_empty() && !pool.watched.swap(true, Ordering::Relaxed)
         });
     }
 }

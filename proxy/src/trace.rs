@@ -579,11 +579,14 @@ impl Tracer {
         server: &ServerSpan,
         headers: &mut HeaderMap,
         method: &Method,
-        endpoint: SocketAddr,
-        target: &Arc<str>,
-        attempt: u32,
-        now: Instant,
+        attempt: &AttemptInfo<'_>,
     ) -> ClientSpan {
+        let AttemptInfo {
+            endpoint,
+            target,
+            number: attempt,
+            start: now,
+        } = *attempt;
         let ctx = SpanContext {
             trace_id: server.ctx.trace_id,
             span_id: random_nonzero(&mut rand::rng()),
@@ -778,6 +781,16 @@ fn protocol_version(v: Version) -> &'static str {
         Version::HTTP_3 => "3",
         _ => "1.1",
     }
+}
+
+/// One attempt upstream, as its client span records it.
+#[derive(Clone, Copy)]
+pub(crate) struct AttemptInfo<'a> {
+    pub(crate) endpoint: SocketAddr,
+    pub(crate) target: &'a Arc<str>,
+    /// 1 for the first try.
+    pub(crate) number: u32,
+    pub(crate) start: Instant,
 }
 
 /// What the server span records of a request.

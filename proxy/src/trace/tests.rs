@@ -49,10 +49,12 @@ fn w3c_context_is_continued_with_child_spans() {
         &server,
         &mut up,
         &Method::GET,
-        addr,
-        &"orders".into(),
-        1,
-        Instant::now(),
+        &AttemptInfo {
+            endpoint: addr,
+            target: &"orders".into(),
+            number: 1,
+            start: Instant::now(),
+        },
     );
     let tp = up["traceparent"].to_str().unwrap();
     assert!(
@@ -78,10 +80,12 @@ fn an_unsampled_parent_stays_unsampled() {
         &server,
         &mut up,
         &Method::GET,
-        "127.0.0.1:1".parse().unwrap(),
-        &"orders".into(),
-        1,
-        Instant::now(),
+        &AttemptInfo {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            target: &"orders".into(),
+            number: 1,
+            start: Instant::now(),
+        },
     );
     assert!(up["traceparent"].to_str().unwrap().ends_with("-00"));
 }
@@ -139,10 +143,12 @@ fn b3_single_and_multi_are_read_and_written_back() {
         &server,
         &mut up,
         &Method::GET,
-        "127.0.0.1:1".parse().unwrap(),
-        &"orders".into(),
-        1,
-        Instant::now(),
+        &AttemptInfo {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            target: &"orders".into(),
+            number: 1,
+            start: Instant::now(),
+        },
     );
     assert_eq!(up["x-b3-traceid"], TRACE);
     assert_eq!(up["x-b3-parentspanid"], hex(&server.ctx.span_id).as_str());
@@ -155,10 +161,12 @@ fn b3_single_and_multi_are_read_and_written_back() {
         &server,
         &mut up,
         &Method::GET,
-        "127.0.0.1:1".parse().unwrap(),
-        &"orders".into(),
-        1,
-        Instant::now(),
+        &AttemptInfo {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            target: &"orders".into(),
+            number: 1,
+            start: Instant::now(),
+        },
     );
     let b3 = up["b3"].to_str().unwrap();
     assert!(
