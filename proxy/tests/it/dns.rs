@@ -68,9 +68,20 @@ async fn dig(server: SocketAddr, name: &str, qtype: &str, tcp: bool) -> Dig {
 
 /// A fake upstream resolver on UDP and TCP (same port) answering every A query with 10.9.9.9.
 async fn fake_resolver() -> SocketAddr {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // A free UDP port whose TCP twin is free too (another test may hold that one).
+    let mut tries = 0;
+    let (udp, tcp, addr) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, tcp, addr),
+            Err(e) if tries < 50 => {
+                tries += 1;
+                eprintln!("{addr} taken on TCP ({e}); another port");
+            }
+            Err(e) => panic!("no UDP port with a free TCP twin: {e}"),
+        }
+    };
     fn reply(packet: &[u8]) -> Vec<u8> {
         let req = Message::from_vec(packet).unwrap();
         let mut resp = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
