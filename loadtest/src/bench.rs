@@ -39,7 +39,7 @@ use process::{Managed, ProcStats};
 use telemetry::{OtlpSink, TelemetryFigures};
 
 /// Default time budget of a whole benchmark.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(120);
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(180);
 /// Time budget with `--quick`.
 pub const QUICK_BUDGET: Duration = Duration::from_secs(40);
 /// How long a peer gets to answer its first 200.
@@ -150,7 +150,8 @@ impl BenchOptions {
     }
 
     fn row_estimate(&self) -> Duration {
-        self.warmup + self.max_duration + self.rate_duration + Duration::from_secs(1)
+        // + the held connections and the RSS back near idle (the sidecar trims every 5 s)
+        self.warmup + self.max_duration + self.rate_duration + Duration::from_secs(8)
     }
 }
 
@@ -179,8 +180,11 @@ pub struct BenchRow {
     /// RSS while `held_connections` keep-alive client connections are open, and a second after
     /// they close.
     pub held_rss_kib: Option<u64>,
-    /// RSS once back near idle after the held connections closed (or a minute after, if never),
-    /// and how long that took.
+    /// RSS just before the held connections opened (after the load phases: the code those
+    /// touched stays mapped), the "idle" they should come back near.
+    pub before_held_rss_kib: Option<u64>,
+    /// RSS once back near `before_held_rss_kib` after the held connections closed (or a minute
+    /// after, if never), and how long that took.
     pub after_close_rss_kib: Option<u64>,
     pub after_close_secs: Option<f64>,
     pub max_throughput: Option<f64>,
@@ -548,13 +552,14 @@ impl Context<'_> {
             Err(error) => row.skipped = Some(error.to_string()),
         }
         if row.skipped.is_none() && self.opts.held_connections > 0 {
+            row.before_held_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
             let held = hold_connections(&listen_url, self.opts.held_connections).await;
             row.held_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
             row.peak_rss_kib = child.0.stats().map(|stats| stats.peak_rss_kib);
             row.errors += held.failed;
             drop(held);
             let closed = Instant::now();
-            let near = row.idle_rss_kib.map(near_idle_kib);
+            let near = row.before_held_rss_kib.map(near_idle_kib);
             // Polls until RSS is back near idle, for at most the minute the target allows.
             loop {
                 let rss = child.0.stats().map(|stats| stats.rss_kib);
