@@ -66,8 +66,9 @@ pub const DEFAULT_PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
 /// `[proxy] heartbeat_ttl_ms`: an instance is unhealthy when not renewed for this long.
 pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
-/// `[proxy] pool_idle_timeout_ms`.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[proxy] pool_idle_timeout_ms`: shorter than common application keep-alive timeouts
+/// (Node.js: 5 s), so the app rarely closes a pooled connection just as a request is sent on it.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// `[proxy] pool_max_idle_per_endpoint`.
 pub const DEFAULT_POOL_MAX_IDLE_PER_ENDPOINT: usize = 64;
 /// `[proxy] max_connections_per_endpoint`.

@@ -10,8 +10,8 @@ const FRAMES_PER_CLIENT: u64 = 2;
 /// ~175-byte records: ~700 KB PackedForward frames, ~45 MB in flight if every client sent at once.
 const RECORDS_PER_FRAME: u64 = 4_000;
 /// Issue 5's target for the router's peak RSS, whatever the load, under the binary's allocator
-/// (glibc, as `skiff`): 19-20 MiB seen for big frames, 17-18 MiB for highly compressed frames,
-/// 21.5 MiB for thousands of idle connections (9.5 MiB idle, 8 of it the test binary's code).
+/// (glibc, as `skiff`): 18.6-19.2 MiB seen for big frames, 16.9-17.4 MiB for highly compressed
+/// frames, 21 MiB for thousands of idle connections (9.5 MiB idle, 8 of it the test binary's code).
 /// Without the frame budget, the connection cap or the decompression charge they reach
 /// 50-115 MiB; with freed frames left to the allocator rather than reused (see
 /// `skiff_logrouter::spares`) 25-30 MiB.
