@@ -524,6 +524,12 @@ const ADDED_HEADERS: usize = 3;
 /// The client's headers as sent upstream: copied once, minus hop-by-hop ones (those named by
 /// `Connection` too), into a map with room for what the proxy adds.
 fn upstream_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
+    // Most requests carry no hop-by-hop header: a clone copies the map as it is (no rehashing).
+    if !upgrade && !src.keys().any(|n| is_hop_by_hop(n) || n == header::TE) {
+        let mut out = src.clone();
+        out.reserve(ADDED_HEADERS);
+        return out;
+    }
     let mut out = HeaderMap::with_capacity(src.len() + ADDED_HEADERS);
     let connection = src.contains_key(header::CONNECTION);
     let te_ok = src.get(header::TE).is_none_or(|te| te == "trailers");
@@ -708,6 +714,20 @@ mod tests {
         assert_eq!(grpc_timeout(&h), None);
         h.insert("grpc-timeout", HeaderValue::from_static("5x"));
         assert_eq!(grpc_timeout(&h), None);
+    }
+
+    #[test]
+    fn upstream_headers_copy_everything_end_to_end() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("orders:8080"));
+        h.append("x-multi", HeaderValue::from_static("1"));
+        h.append("x-multi", HeaderValue::from_static("2"));
+        let out = upstream_headers(&h, false);
+        assert_eq!(out, h);
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-multi"));
+        let out = upstream_headers(&h, false);
+        assert_eq!(out.len(), 1, "Connection and the header it names go: {out:?}");
+        assert_eq!(out[header::HOST], "orders:8080");
     }
 
     #[test]
