@@ -89,8 +89,11 @@ pub fn spawn(
             container,
         } => {
             use skiff_logrouter::{LineOptions, Source};
+            // Each run of a container gets its own id, as Docker gives (64 hex digits).
+            let container_id = container_run_id();
             let opts = || LineOptions {
                 container_name: Some(container.clone()),
+                container_id: Some(container_id.clone()),
                 ..LineOptions::default()
             };
             if let Some(out) = out {
@@ -104,6 +107,16 @@ pub fn spawn(
         }
     }
     Ok(child)
+}
+
+/// A fresh container id in Docker's form: 64 lower-case hex digits.
+fn container_run_id() -> String {
+    use std::fmt::Write as _;
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 async fn pump(

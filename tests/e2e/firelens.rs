@@ -46,6 +46,12 @@ fn serial_awsfirelens_logs_reach_the_output_with_ecs_metadata() {
     let v: serde_json::Value = serde_json::from_str(record).expect("record json");
     let r = &v[1];
     assert_eq!(r["container_name"], "app", "{line}");
+    assert!(
+        r["container_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "a Docker-style container id: {line}"
+    );
     assert_eq!(r["source"], "stdout", "{line}");
     assert_eq!(r["ecs_cluster"], "firelens-demo", "{line}");
     assert!(
