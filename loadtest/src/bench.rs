@@ -105,6 +105,8 @@ pub struct BenchOptions {
     pub load_cpu: Option<usize>,
     /// Install missing haproxy/nginx with apt-get.
     pub install_missing: bool,
+    /// Times each row is measured (alternating the order); figures are the medians.
+    pub rounds: usize,
 }
 
 // === impl BenchOptions ===
@@ -135,6 +137,7 @@ impl BenchOptions {
             proxy_cpu: Some(0),
             load_cpu: Some(1),
             install_missing: true,
+            rounds: 1,
         }
     }
 
@@ -251,20 +254,39 @@ pub async fn bench_proxy(opts: BenchOptions) -> Result<BenchReport, LoadtestErro
         load_cpu,
         ticks_per_second: process::clock_ticks_per_second(),
     };
-    let mut rows = Vec::new();
-    for peer in &opts.peers {
-        let row = if let Some(reason) = missing.get(peer) {
-            skipped(*peer, reason.clone())
-        } else if started.elapsed() + opts.row_estimate() > opts.budget {
-            skipped(
-                *peer,
-                format!("time budget of {} s exhausted", opts.budget.as_secs()),
-            )
-        } else {
-            ctx.measure(*peer).await
-        };
-        rows.push(row);
+    let rounds = opts.rounds.max(1);
+    if rounds > 1 {
+        notes.push(format!(
+            "{rounds} rounds, rows in alternating order; each figure is the median over the rounds (max latency: the worst), memory from the last round"
+        ));
     }
+    let mut measured: BTreeMap<Peer, Vec<BenchRow>> = BTreeMap::new();
+    for round in 0..rounds {
+        let order: Vec<Peer> = if round % 2 == 0 {
+            opts.peers.clone()
+        } else {
+            opts.peers.iter().rev().copied().collect()
+        };
+        for peer in order {
+            let row = if let Some(reason) = missing.get(&peer) {
+                skipped(peer, reason.clone())
+            } else if started.elapsed() + opts.row_estimate() > opts.budget {
+                skipped(
+                    peer,
+                    format!("time budget of {} s exhausted", opts.budget.as_secs()),
+                )
+            } else {
+                ctx.measure(peer).await
+            };
+            measured.entry(peer).or_default().push(row);
+        }
+    }
+    let rows: Vec<BenchRow> = opts
+        .peers
+        .iter()
+        .filter_map(|peer| measured.remove(peer))
+        .map(median_row)
+        .collect();
     origin.stop().await;
     for row in &rows {
         if let Some(ip) = row.bind_ip.filter(|ip| *ip != peers::SIDECAR_BIND_IP) {
@@ -284,6 +306,63 @@ pub async fn bench_proxy(opts: BenchOptions) -> Result<BenchReport, LoadtestErro
         held_connections: opts.held_connections,
         elapsed_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One row out of a peer's rounds: the median of each figure (the worst max latency), memory
+/// and telemetry from the last measured round, errors summed; skipped when no round measured.
+pub fn median_row(rounds: Vec<BenchRow>) -> BenchRow {
+    let measured: Vec<&BenchRow> = rounds.iter().filter(|r| r.skipped.is_none()).collect();
+    let Some(last) = measured.last() else {
+        return rounds.into_iter().last().unwrap_or_default();
+    };
+    fn median(mut values: Vec<f64>) -> Option<f64> {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(values[n / 2]),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+        }
+    }
+    let of =
+        |f: fn(&BenchRow) -> Option<f64>| median(measured.iter().filter_map(|r| f(r)).collect());
+    let lat = |f: fn(&LatencySummary) -> u64| {
+        median(
+            measured
+                .iter()
+                .filter_map(|r| r.latency.as_ref().map(|l| f(l) as f64))
+                .collect(),
+        )
+        .map(|v| v.round() as u64)
+    };
+    let latency = last.latency.as_ref().map(|l| LatencySummary {
+        count: measured
+            .iter()
+            .filter_map(|r| r.latency.as_ref())
+            .map(|l| l.count)
+            .sum(),
+        min_us: lat(|l| l.min_us).unwrap_or(l.min_us),
+        mean_us: of(|r| r.latency.as_ref().map(|l| l.mean_us)).unwrap_or(l.mean_us),
+        p50_us: lat(|l| l.p50_us).unwrap_or(l.p50_us),
+        p90_us: lat(|l| l.p90_us).unwrap_or(l.p90_us),
+        p99_us: lat(|l| l.p99_us).unwrap_or(l.p99_us),
+        p999_us: lat(|l| l.p999_us).unwrap_or(l.p999_us),
+        max_us: measured
+            .iter()
+            .filter_map(|r| r.latency.as_ref().map(|l| l.max_us))
+            .max()
+            .unwrap_or(l.max_us),
+    });
+    BenchRow {
+        max_throughput: of(|r| r.max_throughput),
+        cpu_us_per_request: of(|r| r.cpu_us_per_request),
+        cpu_busy_percent: of(|r| r.cpu_busy_percent),
+        first_200_ms: of(|r| r.first_200_ms),
+        new_upstream_connections_per_1000: of(|r| r.new_upstream_connections_per_1000),
+        errors: measured.iter().map(|r| r.errors).sum(),
+        latency,
+        ..(*last).clone()
+    }
 }
 
 fn describe_cpu(cpu: Option<usize>) -> String {

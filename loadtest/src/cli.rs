@@ -208,6 +208,10 @@ pub struct BenchProxyArgs {
     /// Short phases; the whole run stays under 40 s.
     #[arg(long)]
     pub quick: bool,
+    /// Measure every row this many times, in alternating order (forward, then backward), and
+    /// report the median of each figure: steadier ratios on a machine whose speed drifts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub rounds: u32,
     /// Rows to run (comma-separated); `sidecar` has telemetry off (metrics only),
     /// `sidecar-traced` exports every span over OTLP and logs every request, and the two
     /// are compared [default: all].
@@ -410,6 +414,8 @@ impl BenchProxyArgs {
         }
         opts.registry_url = self.registry;
         opts.install_missing = !self.no_install;
+        opts.rounds = self.rounds as usize;
+        opts.budget *= self.rounds;
         opts
     }
 }

@@ -217,3 +217,28 @@ fn the_sidecar_row_is_checked_against_issue_4s_targets() {
     assert!(markdown.contains("Issue 4's targets"), "{markdown}");
     assert!(markdown.contains("| 5.5 |"), "{markdown}");
 }
+
+#[test]
+fn rounds_merge_into_medians_with_the_worst_max() {
+    let mut a = row("skiff sidecar", 60_000.0, 16.0, 200, 300);
+    a.latency.as_mut().unwrap().max_us = 4_000;
+    let mut b = row("skiff sidecar", 70_000.0, 14.0, 190, 280);
+    b.latency.as_mut().unwrap().max_us = 6_000;
+    b.errors = 2;
+    let c = row("skiff sidecar", 65_000.0, 15.0, 210, 320);
+    let skipped = BenchRow {
+        peer: "skiff sidecar".into(),
+        skipped: Some("time budget exhausted".into()),
+        ..BenchRow::default()
+    };
+    let merged = super::median_row(vec![a, b, skipped.clone(), c]);
+    assert_eq!(merged.max_throughput, Some(65_000.0));
+    assert_eq!(merged.cpu_us_per_request, Some(15.0));
+    let latency = merged.latency.unwrap();
+    assert_eq!((latency.p50_us, latency.p99_us), (200, 300));
+    assert_eq!(latency.max_us, 6_000, "the worst round's max");
+    assert_eq!(merged.errors, 2);
+    assert!(merged.skipped.is_none());
+    let never = super::median_row(vec![skipped.clone(), skipped]);
+    assert!(never.skipped.is_some());
+}
