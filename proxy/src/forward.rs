@@ -726,7 +726,11 @@ mod tests {
         assert_eq!(out, h);
         h.insert(header::CONNECTION, HeaderValue::from_static("x-multi"));
         let out = upstream_headers(&h, false);
-        assert_eq!(out.len(), 1, "Connection and the header it names go: {out:?}");
+        assert_eq!(
+            out.len(),
+            1,
+            "Connection and the header it names go: {out:?}"
+        );
         assert_eq!(out[header::HOST], "orders:8080");
     }
 
