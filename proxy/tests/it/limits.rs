@@ -393,3 +393,125 @@ async fn a_post_on_a_pooled_connection_the_app_closed_goes_on_a_new_one() {
         assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), n);
     }
 }
+
+/// An app answering every request with `chunks` chunks of 64 KiB (chunked encoding), the n-th
+/// chunk filled with byte n.
+async fn streaming_app(chunks: usize) -> std::net::SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let frames = (0..chunks).map(|n| {
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![
+                            n as u8;
+                            64 * 1024
+                        ])))
+                    });
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_big_streamed_response_to_a_slow_reader_arrives_whole_and_the_connection_is_reused() {
+    use http_body_util::BodyExt;
+    const CHUNKS: usize = 160; // 10 MiB
+    let app = streaming_app(CHUNKS).await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", app).await;
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for round in 0..2 {
+        let req = Request::get("http://orders:8080/big")
+            .header("host", "orders:8080")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let (mut total, mut frames) = (0usize, 0usize);
+        let mut sum = 0u64;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap_or_default();
+            total += data.len();
+            sum += data.iter().map(|b| u64::from(*b)).sum::<u64>();
+            frames += 1;
+            if round == 0 && frames % 40 == 0 {
+                // The scenario: a reader that stalls now and then (back-pressure upstream).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(total, CHUNKS * 64 * 1024, "round {round}");
+        let expected: u64 = (0..CHUNKS as u64).map(|n| (n % 256) * 64 * 1024).sum();
+        assert_eq!(sum, expected, "round {round}: every chunk, in order");
+        tx.ready().await.unwrap();
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/endpoints").await.body).unwrap();
+    assert_eq!(
+        v["services"][0]["endpoints"][0]["connections_opened"], 1,
+        "the upstream connection went back to the pool after the body: {v}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_body_closes_that_upstream_connection_only() {
+    use http_body_util::BodyExt;
+    let app = streaming_app(160).await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", app).await;
+    {
+        let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("http://orders:8080/big")
+            .header("host", "orders:8080")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut body = tx.send_request(req).await.unwrap().into_body();
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        // The client goes away with most of the body unread.
+        conn.abort();
+    }
+    // The sidecar serves the next client on a fresh upstream connection, in full.
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://orders:8080/big")
+        .header("host", "orders:8080")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 160 * 64 * 1024);
+    eventually(
+        5,
+        "the abandoned connection to be closed, not pooled",
+        || async {
+            let v: serde_json::Value =
+                serde_json::from_str(&proxy.admin_get("/endpoints").await.body).unwrap();
+            let ep = &v["services"][0]["endpoints"][0];
+            ep["connections_opened"] == 2 && ep["idle_connections"] == 1
+        },
+    )
+    .await;
+}
