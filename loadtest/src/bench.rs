@@ -179,6 +179,8 @@ pub struct BenchRow {
     pub skipped: Option<String>,
     pub first_200_ms: Option<f64>,
     pub idle_rss_kib: Option<u64>,
+    /// Of the idle RSS, the process's own (anonymous) memory; the rest is shared code.
+    pub idle_private_kib: Option<u64>,
     pub peak_rss_kib: Option<u64>,
     /// RSS while `held_connections` keep-alive client connections are open, and a second after
     /// they close.
@@ -619,7 +621,9 @@ impl Context<'_> {
                 return row;
             }
         }
-        row.idle_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
+        let idle = child.0.stats();
+        row.idle_rss_kib = idle.map(|stats| stats.rss_kib);
+        row.idle_private_kib = idle.map(|stats| stats.private_kib);
         match self.phases(&listen_url, Some(&child.0)).await {
             Ok(phases) => {
                 fill(&mut row, &phases, child.0.stats(), self.ticks_per_second);

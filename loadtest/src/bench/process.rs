@@ -125,6 +125,9 @@ pub struct ProcStats {
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
     pub rss_kib: u64,
+    /// The process's own memory (RssAnon): RSS minus the file pages (code, libraries) that
+    /// every process running the same binary shares.
+    pub private_kib: u64,
     /// Peak resident set size (VmHWM).
     pub peak_rss_kib: u64,
 }
@@ -138,6 +141,7 @@ impl ProcStats {
         Some(ProcStats {
             cpu_ticks: parse_stat_cpu_ticks(&stat)?,
             rss_kib: parse_status_kib(&status, "VmRSS")?,
+            private_kib: parse_status_kib(&status, "RssAnon").unwrap_or(0),
             peak_rss_kib: parse_status_kib(&status, "VmHWM")?,
         })
     }

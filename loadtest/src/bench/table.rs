@@ -217,10 +217,10 @@ impl BenchReport {
         out.push_str("\n### Start and memory\n\n");
         let _ = writeln!(
             out,
-            "| | first 200 after exec (ms) | idle RSS (MiB) | RSS before the connections (MiB) | RSS with {} connections (MiB) | after they close (MiB) | back near it after (s) | peak RSS (MiB) | new upstream connections / 1,000 requests |",
+            "| | first 200 after exec (ms) | idle RSS (MiB) | of which private (MiB) | RSS before the connections (MiB) | RSS with {} connections (MiB) | after they close (MiB) | back near it after (s) | peak RSS (MiB) | new upstream connections / 1,000 requests |",
             self.held_connections
         );
-        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for row in &measured {
             let back = match (
                 row.after_close_rss_kib,
@@ -235,10 +235,11 @@ impl BenchReport {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.peer,
                 fmt(row.first_200_ms, 1),
                 fmt(row.idle_rss_kib.map(mib), 1),
+                fmt(row.idle_private_kib.map(mib), 1),
                 fmt(row.before_held_rss_kib.map(mib), 1),
                 fmt(row.held_rss_kib.map(mib), 1),
                 fmt(row.after_close_rss_kib.map(mib), 1),

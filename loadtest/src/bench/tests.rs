@@ -157,7 +157,7 @@ fn markdown_compares_with_direct_and_haproxy_and_lists_skipped_rows() {
     assert!(markdown.contains("Latency at 2000 req/s over 16 connections"));
     assert!(markdown.contains("| HAProxy | 280 | +230 | 440 | +340 |"));
     assert!(
-        markdown.contains("| nginx | 21.0 | 15.0 | — | — | — | — | 35.0 | 0.00 |"),
+        markdown.contains("| nginx | 21.0 | 15.0 | — | — | — | — | — | 35.0 | 0.00 |"),
         "{markdown}"
     );
     assert!(markdown.contains("RSS with 1000 connections"));
