@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{Method, StatusCode};
 
 use crate::config::AccessLog;
-use crate::trace::{SpanContext, hex_into};
+use crate::trace::{SpanContext, decimal, hex_into};
 
 /// A thread's buffered lines go out once they reach this size.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -276,18 +276,8 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
 }
 
 /// `n` in exactly `width` digits (zero-padded; `n` must fit).

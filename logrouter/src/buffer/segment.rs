@@ -63,78 +63,76 @@ pub enum Decoded {
 }
 
 pub fn decode(buf: &[u8]) -> Decoded {
-    if buf.len() < HEADER {
-        return Decoded::Short;
+    match frame_head(buf) {
+        Ok(head) => Decoded::Frame(
+            Batch {
+                tag: head.tag,
+                count: head.count,
+                entries: buf[head.entries..head.used].to_vec(),
+            },
+            head.used,
+        ),
+        Err(bad) => bad,
     }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if !(6..=MAX_FRAME).contains(&len) {
-        return Decoded::Corrupt;
-    }
-    let Some(payload) = buf.get(HEADER..HEADER + len) else {
-        return Decoded::Short;
-    };
-    if crc32fast::hash(payload) != crc {
-        return Decoded::Corrupt;
-    }
-    let tag_len = usize::from(u16::from_le_bytes([payload[0], payload[1]]));
-    let Some(tag) = payload.get(2..2 + tag_len) else {
-        return Decoded::Corrupt;
-    };
-    let Some(count) = payload.get(2 + tag_len..6 + tag_len) else {
-        return Decoded::Corrupt;
-    };
-    let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
-    let batch = Batch {
-        tag: String::from_utf8_lossy(tag).into_owned(),
-        count,
-        entries: payload[6 + tag_len..].to_vec(),
-    };
-    Decoded::Frame(batch, HEADER + len)
 }
 
-/// [`decode`] of a frame read into its own buffer: the entries stay in it (no copy).
+/// [`decode`] of a frame read into its own buffer: the entries stay in it (no new buffer).
 pub fn decode_owned(mut buf: Vec<u8>) -> Decoded {
-    let (tag, count, start, used) = {
-        let Some(head) = buf.get(..HEADER) else {
-            return Decoded::Short;
-        };
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if !(6..=MAX_FRAME).contains(&len) {
-            return Decoded::Corrupt;
-        }
-        let Some(payload) = buf.get(HEADER..HEADER + len) else {
-            return Decoded::Short;
-        };
-        if crc32fast::hash(payload) != crc {
-            return Decoded::Corrupt;
-        }
-        let tag_len = usize::from(u16::from_le_bytes([payload[0], payload[1]]));
-        let (Some(tag), Some(count)) = (
-            payload.get(2..2 + tag_len),
-            payload.get(2 + tag_len..6 + tag_len),
-        ) else {
-            return Decoded::Corrupt;
-        };
-        let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
-        (
-            String::from_utf8_lossy(tag).into_owned(),
-            count,
-            HEADER + 6 + tag_len,
-            HEADER + len,
-        )
+    let head = match frame_head(&buf) {
+        Ok(head) => head,
+        Err(bad) => return bad,
     };
-    buf.truncate(used);
-    buf.drain(..start);
+    buf.truncate(head.used);
+    buf.drain(..head.entries);
     Decoded::Frame(
         Batch {
-            tag,
-            count,
+            tag: head.tag,
+            count: head.count,
             entries: buf,
         },
-        used,
+        head.used,
     )
+}
+
+/// What a frame's header and checked payload say.
+struct FrameHead {
+    tag: String,
+    count: u32,
+    /// Offset of the entries in the buffer.
+    entries: usize,
+    /// Bytes the frame takes.
+    used: usize,
+}
+
+/// Reads and checks the frame at the start of `buf` (length, CRC32, tag, count).
+fn frame_head(buf: &[u8]) -> Result<FrameHead, Decoded> {
+    let Some(head) = buf.get(..HEADER) else {
+        return Err(Decoded::Short);
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if !(6..=MAX_FRAME).contains(&len) {
+        return Err(Decoded::Corrupt);
+    }
+    let Some(payload) = buf.get(HEADER..HEADER + len) else {
+        return Err(Decoded::Short);
+    };
+    if crc32fast::hash(payload) != crc {
+        return Err(Decoded::Corrupt);
+    }
+    let tag_len = usize::from(u16::from_le_bytes([payload[0], payload[1]]));
+    let (Some(tag), Some(count)) = (
+        payload.get(2..2 + tag_len),
+        payload.get(2 + tag_len..6 + tag_len),
+    ) else {
+        return Err(Decoded::Corrupt);
+    };
+    Ok(FrameHead {
+        tag: String::from_utf8_lossy(tag).into_owned(),
+        count: u32::from_le_bytes([count[0], count[1], count[2], count[3]]),
+        entries: HEADER + 6 + tag_len,
+        used: HEADER + len,
+    })
 }
 
 /// Segment file name for an id.

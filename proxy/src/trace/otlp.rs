@@ -232,20 +232,11 @@ fn render_ip(ip: IpAddr, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
     }
 }
 
-fn render_u64(mut v: u64, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - i;
-    buf[at..at + len].copy_from_slice(&digits[i..]);
-    at + len
+fn render_u64(v: u64, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
+    let mut scratch = [0; 20];
+    let digits = super::decimal(v, &mut scratch);
+    buf[at..at + digits.len()].copy_from_slice(digits);
+    at + digits.len()
 }
 
 /// KeyValue { string key = 1; AnyValue value = 2; } with

@@ -423,23 +423,37 @@ async fn streaming_app(chunks: usize) -> std::net::SocketAddr {
     addr
 }
 
+/// A client connection of its own to `addr` (the harness's `Client` reads bodies as text), with
+/// the task driving it.
+async fn raw_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (tx, tokio::spawn(conn))
+}
+
+fn get_big() -> Request<Full<Bytes>> {
+    Request::get("http://orders:8080/big")
+        .header("host", "orders:8080")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_big_streamed_response_to_a_slow_reader_arrives_whole_and_the_connection_is_reused() {
     use http_body_util::BodyExt;
     const CHUNKS: usize = 160; // 10 MiB
     let app = streaming_app(CHUNKS).await;
     let proxy = Proxy::single("orders", "orders:8080", "o", app).await;
-    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = raw_connection(proxy.http).await;
     for round in 0..2 {
-        let req = Request::get("http://orders:8080/big")
-            .header("host", "orders:8080")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = tx.send_request(req).await.unwrap();
+        let resp = tx.send_request(get_big()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let mut body = resp.into_body();
         let (mut total, mut frames) = (0usize, 0usize);
@@ -473,16 +487,8 @@ async fn a_client_leaving_mid_body_closes_that_upstream_connection_only() {
     let app = streaming_app(160).await;
     let proxy = Proxy::single("orders", "orders:8080", "o", app).await;
     {
-        let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        let conn = tokio::spawn(conn);
-        let req = Request::get("http://orders:8080/big")
-            .header("host", "orders:8080")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let mut body = tx.send_request(req).await.unwrap().into_body();
+        let (mut tx, conn) = raw_connection(proxy.http).await;
+        let mut body = tx.send_request(get_big()).await.unwrap().into_body();
         for _ in 0..3 {
             body.frame().await.unwrap().unwrap();
         }
@@ -490,16 +496,8 @@ async fn a_client_leaving_mid_body_closes_that_upstream_connection_only() {
         conn.abort();
     }
     // The sidecar serves the next client on a fresh upstream connection, in full.
-    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("http://orders:8080/big")
-        .header("host", "orders:8080")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
+    let (mut tx, _conn) = raw_connection(proxy.http).await;
+    let resp = tx.send_request(get_big()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), 160 * 64 * 1024);
