@@ -299,31 +299,74 @@ impl HttpListener {
 
 /// Accepts connections until the phase reaches `Stopping`, then waits for them to finish.
 pub(crate) async fn serve_http(listener: TcpListener, ctx: Arc<HttpListener>) {
+    let limits = Limits {
+        name: ctx.name,
+        max_connections: ctx.max_connections,
+        metrics: ctx.metrics.clone(),
+    };
+    let max = ctx.max_connections;
+    accept_until_stopping(
+        listener,
+        ctx.phase.clone(),
+        limits,
+        move |stream| {
+            tokio::spawn(refuse(stream, max));
+        },
+        move |stream, peer| {
+            let ctx = ctx.clone();
+            async move { serve_connection(stream, peer, &ctx).await }
+        },
+    )
+    .await;
+}
+
+/// What an accept loop counts and caps.
+pub(crate) struct Limits {
+    pub(crate) name: &'static str,
+    pub(crate) max_connections: usize,
+    pub(crate) metrics: Metrics,
+}
+
+/// The accept loop of every listener: at most `limits.max_connections` connections at once
+/// (one more goes to `over_limit`, counted), each served on a task of its own by `serve`,
+/// until the phase reaches `Stopping`; then waits for the open ones to finish.
+pub(crate) async fn accept_until_stopping<S, F>(
+    listener: TcpListener,
+    mut phase: watch::Receiver<Phase>,
+    limits: Limits,
+    over_limit: impl Fn(TcpStream),
+    serve: S,
+) where
+    S: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let limit = Arc::new(Semaphore::new(ctx.max_connections.max(1)));
-    let mut phase = ctx.phase.clone();
-    let new_conns = ctx.metrics.new_connections.with_label_values(&[ctx.name]);
+    let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let new_conns = limits
+        .metrics
+        .new_connections
+        .with_label_values(&[limits.name]);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        ctx.metrics.downstream_errors.with_label_values(&["connection_limit"]).inc();
-                        tokio::spawn(refuse(stream, ctx.max_connections));
+                        limits.metrics.downstream_errors.with_label_values(&["connection_limit"]).inc();
+                        over_limit(stream);
                         continue;
                     };
                     new_conns.inc();
-                    let ctx = ctx.clone();
                     let done = done_tx.clone();
+                    let serving = serve(stream, peer);
                     tokio::spawn(async move {
-                        serve_connection(stream, peer, &ctx).await;
+                        serving.await;
                         drop(permit);
                         drop(done);
                     });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: let others finish.
-                    tracing::warn!(listener = ctx.name, error = %e, "accept failed");
+                    tracing::warn!(listener = limits.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

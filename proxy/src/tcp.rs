@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::concrete::Concrete;
@@ -12,7 +12,9 @@ use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::logical::Table;
 use crate::metrics::Metrics;
-use crate::server::{Activity, ByteCounters, IdleIo, Phase, sleep_until_opt, wait_for};
+use crate::server::{
+    Activity, ByteCounters, IdleIo, Limits, Phase, accept_until_stopping, sleep_until_opt, wait_for,
+};
 
 /// Where a TCP listener sends its connections.
 #[derive(Clone)]
@@ -34,40 +36,30 @@ pub(crate) struct TcpListenerCtx {
 
 /// Accepts until `Stopping`, then lets open connections finish within the drain grace.
 pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Arc<TcpListenerCtx>) {
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let limit = Arc::new(Semaphore::new(ctx.config.limits.max_connections.max(1)));
-    let mut phase = ctx.phase.clone();
-    let new_conns = ctx.metrics.new_connections.with_label_values(&[ctx.name]);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        ctx.metrics.downstream_errors.with_label_values(&["connection_limit"]).inc();
-                        continue;
-                    };
-                    new_conns.inc();
-                    let (ctx, done) = (ctx.clone(), done_tx.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = proxy_connection(stream, &ctx).await {
-                            ctx.metrics.downstream_errors.with_label_values(&[e.kind()]).inc();
-                            tracing::debug!(listener = ctx.name, error = %e, "tcp connection failed");
-                        }
-                        drop(permit);
-                        drop(done);
-                    });
+    let limits = Limits {
+        name: ctx.name,
+        max_connections: ctx.config.limits.max_connections,
+        metrics: ctx.metrics.clone(),
+    };
+    accept_until_stopping(
+        listener,
+        ctx.phase.clone(),
+        limits,
+        drop,
+        move |stream, _peer| {
+            let ctx = ctx.clone();
+            async move {
+                if let Err(e) = proxy_connection(stream, &ctx).await {
+                    ctx.metrics
+                        .downstream_errors
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    tracing::debug!(listener = ctx.name, error = %e, "tcp connection failed");
                 }
-                Err(e) => {
-                    tracing::warn!(listener = ctx.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = wait_for(&mut phase, Phase::Stopping) => break,
-        }
-    }
-    drop(listener);
-    drop(done_tx);
-    let _ = done_rx.recv().await;
+            }
+        },
+    )
+    .await;
 }
 
 /// route → pick → connect (retrying another endpoint) → splice until idle or closed.
