@@ -367,6 +367,38 @@ impl Filter {
 }
 
 /// One page of `items` and the token of the next.
+/// One page of the `items` that pass every filter, oldest first (then by id). `value` gives an
+/// item's value for a filter name, `None` for a name `what` lists cannot be filtered by.
+fn filtered_page<'a, T>(
+    items: impl Iterator<Item = &'a T>,
+    filters: &[Filter],
+    what: &str,
+    value: impl Fn(&'a T, &str) -> Option<&'a str>,
+    order: impl Fn(&T) -> (f64, &str),
+    (start, max): (usize, usize),
+) -> Result<(Vec<&'a T>, Option<String>), ApiError> {
+    let mut list = Vec::new();
+    'item: for item in items {
+        for f in filters {
+            let Some(v) = value(item, f.name.as_str()) else {
+                return Err(ApiError::invalid(format!(
+                    "Filters.Name: {} is not a {what} filter",
+                    f.name
+                )));
+            };
+            if !f.matches(v)? {
+                continue 'item;
+            }
+        }
+        list.push(item);
+    }
+    list.sort_by(|a, b| {
+        let ((ca, ia), (cb, ib)) = (order(a), order(b));
+        ca.total_cmp(&cb).then_with(|| ia.cmp(ib))
+    });
+    Ok(paginate(list, start, max))
+}
+
 fn paginate<T>(items: Vec<T>, start: usize, max: usize) -> (Vec<T>, Option<String>) {
     let total = items.len();
     let page: Vec<T> = items.into_iter().skip(start).take(max).collect();
@@ -477,31 +509,19 @@ fn list_namespaces(catalog: &Catalog, r: Req<'_>) -> Result<Value, ApiError> {
     let (start, max) = r.page()?;
     let filters = r.filters()?;
     let st = catalog.read();
-    let mut list: Vec<&Namespace> = Vec::new();
-    'ns: for ns in st.namespaces.values() {
-        for f in &filters {
-            let value = match f.name.as_str() {
-                "TYPE" => ns.kind.as_str(),
-                "NAME" | "HTTP_NAME" => ns.name.as_str(),
-                "RESOURCE_OWNER" => ACCOUNT,
-                other => {
-                    return Err(ApiError::invalid(format!(
-                        "Filters.Name: {other} is not a namespace filter"
-                    )));
-                }
-            };
-            if !f.matches(value)? {
-                continue 'ns;
-            }
-        }
-        list.push(ns);
-    }
-    list.sort_by(|a, b| {
-        a.created
-            .total_cmp(&b.created)
-            .then_with(|| a.id.cmp(&b.id))
-    });
-    let (page, next) = paginate(list, start, max);
+    let (page, next) = filtered_page(
+        st.namespaces.values(),
+        &filters,
+        "namespace",
+        |ns, filter| match filter {
+            "TYPE" => Some(ns.kind.as_str()),
+            "NAME" | "HTTP_NAME" => Some(ns.name.as_str()),
+            "RESOURCE_OWNER" => Some(ACCOUNT),
+            _ => None,
+        },
+        |ns| (ns.created, ns.id.as_str()),
+        (start, max),
+    )?;
     let items: Vec<Value> = page
         .into_iter()
         .map(|ns| namespace_json(&st, ns, false))
@@ -668,30 +688,18 @@ fn list_services(catalog: &Catalog, r: Req<'_>) -> Result<Value, ApiError> {
     let (start, max) = r.page()?;
     let filters = r.filters()?;
     let st = catalog.read();
-    let mut list: Vec<&Service> = Vec::new();
-    's: for s in st.services.values() {
-        for f in &filters {
-            let value = match f.name.as_str() {
-                "NAMESPACE_ID" => s.namespace_id.as_str(),
-                "RESOURCE_OWNER" => ACCOUNT,
-                other => {
-                    return Err(ApiError::invalid(format!(
-                        "Filters.Name: {other} is not a service filter"
-                    )));
-                }
-            };
-            if !f.matches(value)? {
-                continue 's;
-            }
-        }
-        list.push(s);
-    }
-    list.sort_by(|a, b| {
-        a.created
-            .total_cmp(&b.created)
-            .then_with(|| a.id.cmp(&b.id))
-    });
-    let (page, next) = paginate(list, start, max);
+    let (page, next) = filtered_page(
+        st.services.values(),
+        &filters,
+        "service",
+        |s, filter| match filter {
+            "NAMESPACE_ID" => Some(s.namespace_id.as_str()),
+            "RESOURCE_OWNER" => Some(ACCOUNT),
+            _ => None,
+        },
+        |s| (s.created, s.id.as_str()),
+        (start, max),
+    )?;
     let items: Vec<Value> = page
         .into_iter()
         .map(|s| service_json(&st, s, false))
