@@ -228,14 +228,11 @@ async fn aws_cli_namespace_service_instance_discover_deregister_flow() {
     assert!(out.json["Operations"].as_array().unwrap().len() >= 4);
 
     // Tear down in order; each step refuses while something depends on it.
-    let out = reg.aws(&["delete-service", "--id", &svc_id]).await;
-    assert!(!out.ok);
-    assert!(
-        out.stderr
-            .contains("An error occurred (ResourceInUse) when calling the DeleteService operation"),
-        "{}",
-        out.stderr
-    );
+    reg.aws_fails(
+        &["delete-service", "--id", &svc_id],
+        "An error occurred (ResourceInUse) when calling the DeleteService operation",
+    )
+    .await;
     let out = reg
         .aws(&[
             "deregister-instance",
@@ -263,24 +260,15 @@ async fn aws_cli_namespace_service_instance_discover_deregister_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_prints_cloud_map_errors() {
     let reg = TestRegistry::start().await;
-    let out = reg
-        .aws(&["get-namespace", "--id", "ns-doesnotexist0000"])
-        .await;
-    assert!(!out.ok);
-    assert!(
-        out.stderr.contains("An error occurred (NamespaceNotFound) when calling the GetNamespace operation: Namespace ns-doesnotexist0000 not found"),
-        "{}",
-        out.stderr
-    );
+    reg.aws_fails(&["get-namespace", "--id", "ns-doesnotexist0000"], "An error occurred (NamespaceNotFound) when calling the GetNamespace operation: Namespace ns-doesnotexist0000 not found").await;
 
     let out = reg.aws(&["create-http-namespace", "--name", "shop"]).await;
     assert!(out.ok, "{}", out.stderr);
-    let out = reg.aws(&["create-http-namespace", "--name", "shop"]).await;
-    assert!(
-        out.stderr.contains("(NamespaceAlreadyExists)"),
-        "{}",
-        out.stderr
-    );
+    reg.aws_fails(
+        &["create-http-namespace", "--name", "shop"],
+        "(NamespaceAlreadyExists)",
+    )
+    .await;
     let ns_id = reg.client().ensure_http_namespace("shop").await.unwrap();
 
     let out = reg
@@ -288,18 +276,14 @@ async fn aws_cli_prints_cloud_map_errors() {
         .await;
     assert!(out.ok, "{}", out.stderr);
     let svc_id = s(&out.json, "/Service/Id");
-    let out = reg
-        .aws(&["create-service", "--name", "cart", "--namespace-id", &ns_id])
-        .await;
-    assert!(
-        out.stderr
-            .contains("(ServiceAlreadyExists) when calling the CreateService operation"),
-        "{}",
-        out.stderr
-    );
+    reg.aws_fails(
+        &["create-service", "--name", "cart", "--namespace-id", &ns_id],
+        "(ServiceAlreadyExists) when calling the CreateService operation",
+    )
+    .await;
 
-    let out = reg
-        .aws(&[
+    reg.aws_fails(
+        &[
             "register-instance",
             "--service-id",
             &svc_id,
@@ -307,12 +291,13 @@ async fn aws_cli_prints_cloud_map_errors() {
             "i-1",
             "--attributes",
             "AWS_INSTANCE_IPV4=not-an-ip",
-        ])
-        .await;
-    assert!(out.stderr.contains("(InvalidInput) when calling the RegisterInstance operation: Attributes.AWS_INSTANCE_IPV4"), "{}", out.stderr);
+        ],
+        "(InvalidInput) when calling the RegisterInstance operation: Attributes.AWS_INSTANCE_IPV4",
+    )
+    .await;
 
-    let out = reg
-        .aws(&[
+    reg.aws_fails(
+        &[
             "register-instance",
             "--service-id",
             "srv-nope",
@@ -320,44 +305,37 @@ async fn aws_cli_prints_cloud_map_errors() {
             "i-1",
             "--attributes",
             "a=b",
-        ])
-        .await;
-    assert!(out.stderr.contains("(ServiceNotFound)"), "{}", out.stderr);
+        ],
+        "(ServiceNotFound)",
+    )
+    .await;
 
-    let out = reg
-        .aws(&[
+    reg.aws_fails(
+        &[
             "deregister-instance",
             "--service-id",
             &svc_id,
             "--instance-id",
             "ghost",
-        ])
-        .await;
-    assert!(
-        out.stderr
-            .contains("(InstanceNotFound) when calling the DeregisterInstance operation"),
-        "{}",
-        out.stderr
-    );
+        ],
+        "(InstanceNotFound) when calling the DeregisterInstance operation",
+    )
+    .await;
 
-    let out = reg
-        .aws(&[
+    reg.aws_fails(
+        &[
             "discover-instances",
             "--namespace-name",
             "shop",
             "--service-name",
             "nope",
-        ])
-        .await;
-    assert!(
-        out.stderr
-            .contains("(ServiceNotFound) when calling the DiscoverInstances operation"),
-        "{}",
-        out.stderr
-    );
+        ],
+        "(ServiceNotFound) when calling the DiscoverInstances operation",
+    )
+    .await;
 
-    let out = reg
-        .aws(&[
+    reg.aws_fails(
+        &[
             "update-instance-custom-health-status",
             "--service-id",
             &svc_id,
@@ -365,12 +343,16 @@ async fn aws_cli_prints_cloud_map_errors() {
             "ghost",
             "--status",
             "HEALTHY",
-        ])
-        .await;
-    assert!(out.stderr.contains("(InstanceNotFound)"), "{}", out.stderr);
+        ],
+        "(InstanceNotFound)",
+    )
+    .await;
 
-    let out = reg.aws(&["get-operation", "--operation-id", "nope"]).await;
-    assert!(out.stderr.contains("(OperationNotFound)"), "{}", out.stderr);
+    reg.aws_fails(
+        &["get-operation", "--operation-id", "nope"],
+        "(OperationNotFound)",
+    )
+    .await;
 
     let out = reg
         .aws(&[

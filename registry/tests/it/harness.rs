@@ -87,6 +87,13 @@ impl TestRegistry {
     pub async fn aws(&self, args: &[&str]) -> AwsOutput {
         aws(&self.url, args).await
     }
+
+    /// Runs the AWS CLI, expecting it to fail with `expected` in what it prints.
+    pub async fn aws_fails(&self, args: &[&str], expected: &str) {
+        let out = self.aws(args).await;
+        assert!(!out.ok, "aws {args:?} succeeded");
+        assert!(out.stderr.contains(expected), "{}", out.stderr);
+    }
 }
 
 impl Drop for TestRegistry {
