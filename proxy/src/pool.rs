@@ -81,7 +81,7 @@ struct H2Conn {
 /// What the pool and the task driving an HTTP/2 connection share: whether it is idle, and
 /// since when.
 struct ConnState {
-    /// Requests (HTTP/1.1: 0 or 1; HTTP/2: streams) using the connection.
+    /// Streams open on the connection.
     busy: AtomicUsize,
     /// Milliseconds since the connector's epoch when `busy` last fell to zero.
     idle_since_ms: AtomicU64,

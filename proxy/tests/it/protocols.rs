@@ -53,27 +53,7 @@ async fn h2c_client_reaches_an_http1_service() {
 
 #[tokio::test]
 async fn grpc_error_status_in_trailers_counts_as_failure_and_ejects() {
-    let bad = Upstream::start("bad").await;
-    let good = Upstream::start("good").await;
-    bad.set(Behavior::Grpc {
-        status: 13,
-        trailers_only: false,
-    });
-    good.set(Behavior::Grpc {
-        status: 0,
-        trailers_only: false,
-    });
-    let mut cfg = config();
-    cfg.balancer = BalancerKind::RoundRobin;
-    let proxy = Proxy::start(
-        cfg,
-        vec![grpc_service(
-            "greeter",
-            "greeter:50051",
-            vec![endpoint("b", bad.addr), endpoint("g", good.addr)],
-        )],
-    )
-    .await;
+    let (bad, good, proxy) = bad_and_good_greeter(13, false).await;
     for _ in 0..20 {
         let r = h2_send(proxy.http, grpc_request("http://greeter:50051/x.Y/Z")).await;
         assert_eq!(r.status, StatusCode::OK);
@@ -87,27 +67,7 @@ async fn grpc_error_status_in_trailers_counts_as_failure_and_ejects() {
 
 #[tokio::test]
 async fn grpc_unavailable_is_retried_only_with_an_idempotency_key() {
-    let bad = Upstream::start("bad").await;
-    let good = Upstream::start("good").await;
-    bad.set(Behavior::Grpc {
-        status: 14,
-        trailers_only: true,
-    });
-    good.set(Behavior::Grpc {
-        status: 0,
-        trailers_only: false,
-    });
-    let mut cfg = config();
-    cfg.balancer = BalancerKind::RoundRobin;
-    let proxy = Proxy::start(
-        cfg,
-        vec![grpc_service(
-            "greeter",
-            "greeter:50051",
-            vec![endpoint("b", bad.addr), endpoint("g", good.addr)],
-        )],
-    )
-    .await;
+    let (bad, good, proxy) = bad_and_good_greeter(14, true).await;
     // Round robin starts at `bad`: a plain gRPC call (a POST) gets UNAVAILABLE back.
     let r = h2_send(proxy.http, grpc_request("http://greeter:50051/x.Y/Z")).await;
     assert_eq!(r.headers["grpc-status"], "14");
@@ -235,4 +195,31 @@ async fn refused_http2_streams_are_retried_even_for_post() {
         refused.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the refusing endpoint was tried"
     );
+}
+
+/// A `greeter` gRPC service over two endpoints, round robin starting at `bad`, which answers
+/// with `status` (in trailers, or trailers-only); `good` answers OK.
+async fn bad_and_good_greeter(status: u32, trailers_only: bool) -> (Upstream, Upstream, Proxy) {
+    let bad = Upstream::start("bad").await;
+    let good = Upstream::start("good").await;
+    bad.set(Behavior::Grpc {
+        status,
+        trailers_only,
+    });
+    good.set(Behavior::Grpc {
+        status: 0,
+        trailers_only: false,
+    });
+    let mut cfg = config();
+    cfg.balancer = BalancerKind::RoundRobin;
+    let proxy = Proxy::start(
+        cfg,
+        vec![grpc_service(
+            "greeter",
+            "greeter:50051",
+            vec![endpoint("b", bad.addr), endpoint("g", good.addr)],
+        )],
+    )
+    .await;
+    (bad, good, proxy)
 }
