@@ -53,7 +53,7 @@ async fn h2c_client_reaches_an_http1_service() {
 
 #[tokio::test]
 async fn grpc_error_status_in_trailers_counts_as_failure_and_ejects() {
-    let (bad, good, proxy) = bad_and_good_greeter(13, false).await;
+    let (bad, _good, proxy) = bad_and_good_greeter(13, false).await;
     for _ in 0..20 {
         let r = h2_send(proxy.http, grpc_request("http://greeter:50051/x.Y/Z")).await;
         assert_eq!(r.status, StatusCode::OK);
