@@ -1,59 +1,28 @@
 //! heap: gives memory freed after a burst back to the OS.
 //!
 //! glibc keeps freed heap memory for reuse, so a sidecar that served 1,000 client connections
-//! would stay at that peak RSS after they leave. Every few seconds, when the process has grown
-//! since it last trimmed and the allocator holds more than a couple of MiB free, `malloc_trim`
-//! hands those pages back (as Envoy's shrink-heap overload action does with tcmalloc). A
-//! process that has not grown is left alone: a trim holds the allocator's lock while it walks
-//! the heap, on the thread that serves requests.
+//! would stay at that peak RSS after they leave. Every few seconds, when the allocator holds
+//! more than a couple of MiB free, `malloc_trim` hands those pages back (as Envoy's shrink-heap
+//! overload action does with tcmalloc).
 
 use std::time::Duration;
 
 /// How often the free heap is looked at.
 const PERIOD: Duration = Duration::from_secs(5);
 /// Free heap below this stays with the allocator: not worth the page faults to get it back.
-/// Also the growth of RSS since the last trim that makes another one worth trying.
+/// (glibc still counts trimmed pages as free, so a trim may repeat; one costs microseconds.)
 const THRESHOLD: usize = 2 << 20;
 
 /// Runs for the life of the process, on its runtime.
 pub async fn trim_periodically() {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // RSS after the last trim (or the lowest seen since): growth is measured from here.
-    let mut baseline = resident_bytes();
     loop {
         tick.tick().await;
-        let rss = resident_bytes();
-        if !grown(rss, baseline) {
-            baseline = baseline.min(rss);
-            continue;
-        }
         if trim_if_over(THRESHOLD) {
             tracing::trace!("returned free heap memory to the OS");
-            baseline = resident_bytes();
         }
     }
-}
-
-/// Whether RSS grew by [`THRESHOLD`] from `baseline` (or either is unknown).
-fn grown(rss: Option<usize>, baseline: Option<usize>) -> bool {
-    match (rss, baseline) {
-        (Some(rss), Some(base)) => rss >= base.saturating_add(THRESHOLD),
-        _ => true,
-    }
-}
-
-/// Resident set size, from /proc/self/status.
-fn resident_bytes() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 /// Trims the heap if more than `threshold` bytes of it are free; whether memory was returned.
@@ -80,15 +49,6 @@ mod tests {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    #[test]
-    fn only_growth_since_the_last_trim_calls_for_another() {
-        let base = Some(10 << 20);
-        assert!(!grown(Some(11 << 20), base));
-        assert!(grown(Some(12 << 20), base));
-        assert!(grown(None, base) && grown(Some(1), None));
-        assert!(resident_bytes().is_some_and(|rss| rss > 0));
     }
 
     #[test]
