@@ -312,9 +312,12 @@ pub(crate) async fn serve_http(listener: TcpListener, ctx: Arc<HttpListener>) {
         move |stream| {
             tokio::spawn(refuse(stream, max));
         },
-        move |stream, peer| {
+        move |stream, peer, slot| {
             let ctx = ctx.clone();
-            async move { serve_connection(stream, peer, &ctx).await }
+            async move {
+                serve_connection(stream, peer, &ctx).await;
+                drop(slot);
+            }
         },
     )
     .await;
@@ -327,9 +330,17 @@ pub(crate) struct Limits {
     pub(crate) metrics: Metrics,
 }
 
+/// A connection's place under the listener's limit; freed when dropped.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _done: mpsc::Sender<()>,
+}
+
 /// The accept loop of every listener: at most `limits.max_connections` connections at once
-/// (one more goes to `over_limit`, counted), each served on a task of its own by `serve`,
-/// until the phase reaches `Stopping`; then waits for the open ones to finish.
+/// (one more goes to `over_limit`, counted), each served on a task of its own by the future
+/// `serve` makes (which drops the [`Slot`] when done; spawned as is, so that a connection's
+/// task holds that future once), until the phase reaches `Stopping`; then waits for the open
+/// ones to finish.
 pub(crate) async fn accept_until_stopping<S, F>(
     listener: TcpListener,
     mut phase: watch::Receiver<Phase>,
@@ -337,7 +348,7 @@ pub(crate) async fn accept_until_stopping<S, F>(
     over_limit: impl Fn(TcpStream),
     serve: S,
 ) where
-    S: Fn(TcpStream, SocketAddr) -> F,
+    S: Fn(TcpStream, SocketAddr, Slot) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -356,13 +367,8 @@ pub(crate) async fn accept_until_stopping<S, F>(
                         continue;
                     };
                     new_conns.inc();
-                    let done = done_tx.clone();
-                    let serving = serve(stream, peer);
-                    tokio::spawn(async move {
-                        serving.await;
-                        drop(permit);
-                        drop(done);
-                    });
+                    let slot = Slot { _permit: permit, _done: done_tx.clone() };
+                    tokio::spawn(serve(stream, peer, slot));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: let others finish.

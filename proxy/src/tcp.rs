@@ -46,7 +46,7 @@ pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Arc<TcpListenerCtx>) {
         ctx.phase.clone(),
         limits,
         drop,
-        move |stream, _peer| {
+        move |stream, _peer, slot| {
             let ctx = ctx.clone();
             async move {
                 if let Err(e) = proxy_connection(stream, &ctx).await {
@@ -56,6 +56,7 @@ pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Arc<TcpListenerCtx>) {
                         .inc();
                     tracing::debug!(listener = ctx.name, error = %e, "tcp connection failed");
                 }
+                drop(slot);
             }
         },
     )
