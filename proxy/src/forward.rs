@@ -52,6 +52,9 @@ enum ReplayBody {
 }
 
 /// What one attempt came to.
+// A local of `forward` only, moved once: boxing the response would cost an allocation per
+// request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     Response {
         resp: Response<ResponseBody>,
@@ -384,12 +387,12 @@ struct GrpcStatusBody {
 
 impl hyper::body::Body for GrpcStatusBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let res = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
         if !this.done {
@@ -619,14 +622,16 @@ fn classify(
                 retry: Some(RetryReason::Connect),
             }
         }
-        Ok(Err(e @ (SendError::Connect(_) | SendError::Handshake(_)))) => Attempt::Failed {
-            err: ProxyError::Connect {
-                service: service(),
-                addr: addr.to_string(),
-                source: Box::new(e),
-            },
-            retry: Some(RetryReason::Connect),
-        },
+        Ok(Err(e @ (SendError::Connect(_) | SendError::Handshake(_) | SendError::Unsent(_)))) => {
+            Attempt::Failed {
+                err: ProxyError::Connect {
+                    service: service(),
+                    addr: addr.to_string(),
+                    source: Box::new(e),
+                },
+                retry: Some(RetryReason::Connect),
+            }
+        }
         // The server refused the stream before processing it: like a connect failure.
         Ok(Err(SendError::Request(e))) if refused_stream(&e) => Attempt::Failed {
             err: ProxyError::Connect {
@@ -636,7 +641,7 @@ fn classify(
             },
             retry: Some(RetryReason::Connect),
         },
-        Ok(Err(SendError::Request(e))) => Attempt::Failed {
+        Ok(Err(e @ (SendError::Request(_) | SendError::Exchange(_)))) => Attempt::Failed {
             err: ProxyError::Reset {
                 service: service(),
                 addr: addr.to_string(),
@@ -683,16 +688,25 @@ fn source_chain<'a>(
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket and friends).
 fn splice_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<ResponseBody>) {
-    let up = hyper::upgrade::on(resp);
+    use tokio::io::AsyncWriteExt;
+    let Some((mut up, early)) = resp.body_mut().take_upgraded() else {
+        return;
+    };
     tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(down, up) {
-            Ok(pair) => pair,
+        let mut down = match down.await {
+            Ok(down) => TokioIo::new(down),
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 return;
             }
         };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        // What the upstream sent right after its 101, before the splice began.
+        if !early.is_empty()
+            && let Err(e) = down.write_all(&early).await
+        {
+            tracing::debug!(error = %e, "upgraded connection ended");
+            return;
+        }
         if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
             tracing::debug!(error = %e, "upgraded connection ended");
         }

@@ -6,14 +6,17 @@
 //! response. Here each endpoint owns its connections (`Endpoint::pool`), so a request only
 //! takes that endpoint's lock, twice, to check a connection out and back in.
 //!
-//! An HTTP/1.1 connection has no task of its own: the request that holds it drives it, inside
-//! the downstream connection's task (while waiting for the response head, then while the
-//! response body streams), so a request costs no wake-ups of a second task. It goes back to
-//! the pool when the response body ends (see [`ResponseBody`]); checking it out polls it once,
-//! which finds a connection the app closed meanwhile. One found closed, or closed before the
-//! request was written, is replaced at once and the request sent on a fresh connection (the
-//! app never saw it). A reaper task closes connections idle for the pool's idle timeout.
-//! HTTP/2 connections are shared by many requests and keep a task of their own.
+//! An HTTP/1.1 connection ([`h1`], our own client) has no task of its own: the request that
+//! holds it writes the request and reads the response head, and the response body reads
+//! itself from the socket as the downstream connection's task polls it, so a request costs
+//! no wake-ups of a second task. It goes back to the pool when the response body ends (see
+//! [`ResponseBody`]); checking it out looks at its readiness, which finds a connection the app
+//! closed meanwhile. One found closed, or failing before the request was written, is replaced
+//! at once and the request sent on a fresh connection (the app never saw it). A reaper task
+//! closes connections idle for the pool's idle timeout. HTTP/2 connections (hyper's) are
+//! shared by many requests and keep a task of their own.
+
+mod h1;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -21,24 +24,23 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::Body;
 use crate::endpoint::Endpoint;
+use crate::{Body, BoxError};
 
 /// Opens upstream connections; shared by every endpoint.
 pub(crate) struct Connector {
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -62,13 +64,8 @@ pub(crate) struct Pool {
     watched: AtomicBool,
 }
 
-/// What makes an HTTP/1.1 connection move: hyper's connection future, polled by whoever
-/// holds the connection.
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
-
 struct H1Conn {
-    tx: http1::SendRequest<Body>,
-    driver: Driver,
+    conn: h1::Conn,
     /// When it went back to the pool (ms since the connector's epoch).
     idle_since_ms: u64,
 }
@@ -100,14 +97,26 @@ pub(crate) enum SendError {
     /// The exchange failed; the app may have seen the request.
     #[error(transparent)]
     Request(hyper::Error),
+    /// Writing the request to a new HTTP/1.1 connection failed: the app never saw it.
+    #[error(transparent)]
+    Unsent(h1::Error),
+    /// The HTTP/1.1 exchange failed; the app may have seen the request.
+    #[error(transparent)]
+    Exchange(h1::Error),
 }
 
 /// A response body that gives its connection back when it ends (HTTP/1.1) and counts the
 /// stream as finished (HTTP/2).
 pub(crate) struct ResponseBody {
-    inner: Incoming,
+    inner: Inner,
     /// Until the body ends or is dropped.
     lease: Option<Lease>,
+}
+
+enum Inner {
+    H2(Incoming),
+    /// Read from the leased connection.
+    H1(h1::BodyReader),
 }
 
 /// A connection in use by one request; released when dropped.
@@ -118,8 +127,8 @@ struct Lease {
     epoch: Instant,
     max_idle: usize,
     reap: mpsc::UnboundedSender<Weak<Endpoint>>,
-    /// HTTP/1.1: the connection, driven by the request until it goes back to the pool.
-    h1: Option<(http1::SendRequest<Body>, Driver)>,
+    /// HTTP/1.1: the connection, read by the response body until it goes back to the pool.
+    h1: Option<h1::Conn>,
     /// The response was read to its end: an HTTP/1.1 connection may be reused.
     complete: bool,
 }
@@ -132,7 +141,6 @@ impl Connector {
         h2.timer(TokioTimer::new());
         let (reap_tx, reap_rx) = mpsc::unbounded_channel();
         Connector {
-            h1: http1::Builder::new(),
             h2,
             connect_timeout,
             idle_timeout,
@@ -178,54 +186,39 @@ impl Connector {
     async fn send_h1(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut req: Request<Body>,
+        req: Request<Body>,
         now: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         let pool = &endpoint.pool;
+        let (parts, body) = req.into_parts();
+        let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
+        let mut rest = h1::encode_request(&parts, body, &mut head);
         loop {
-            let checked_out = pool.checkout_h1(self.millis(now), self.idle_timeout);
-            let pooled = checked_out.is_some();
-            let (mut tx, driver) = match checked_out {
-                Some(conn) => (conn.tx, conn.driver),
+            // A connection is held by this future until the response head is in: dropped (a
+            // timeout) before that, it closes.
+            let (mut conn, pooled) = match pool.checkout_h1(self.millis(now), self.idle_timeout) {
+                Some(conn) => (conn, true),
                 None => {
                     self.start_reaper();
-                    self.connect_h1(endpoint).await?
+                    (self.connect_h1(endpoint).await?, false)
                 }
             };
-            let mut sent = std::pin::pin!(tx.try_send_request(req));
-            // From here on, however this ends (even by a timeout dropping this future), the
-            // lease gives the connection back or closes it.
-            let mut lease = self.lease(endpoint, None, Some((tx, driver)));
-            let res = std::future::poll_fn(|cx| {
-                if let Poll::Ready(res) = sent.as_mut().poll(cx) {
-                    return Poll::Ready(res);
+            match conn.write_request(&head, &mut rest).await {
+                Ok(()) => {}
+                // The pooled connection failed before the request went out: another one.
+                Err(e) if e.unsent() && pooled => {
+                    tracing::trace!(endpoint = %endpoint.addr, error = %e, "pooled connection closed; reconnecting");
+                    continue;
                 }
-                if !lease.drive(cx) {
-                    // The connection ended first: the response future has its error now.
-                    return sent.as_mut().poll(cx);
-                }
-                sent.as_mut().poll(cx)
-            })
-            .await;
-            match res {
-                Ok(resp) => {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some((_, driver)) = lease.h1.take()
-                    {
-                        // The upgrade completes when hyper's connection does: give it a task.
-                        tokio::spawn(driver);
-                    }
-                    return Ok(ResponseBody::wrap(resp, lease));
-                }
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection closed before the request went out: another one.
-                    Some(back) if pooled => {
-                        tracing::trace!(endpoint = %endpoint.addr, "pooled connection closed; reconnecting");
-                        req = back;
-                    }
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
+                Err(e) if e.unsent() => return Err(SendError::Unsent(e)),
+                Err(e) => return Err(SendError::Exchange(e)),
             }
+            let (resp, reader) = conn
+                .read_head(&parts.method)
+                .await
+                .map_err(SendError::Exchange)?;
+            let lease = self.lease(endpoint, None, Some(conn));
+            return Ok(ResponseBody::h1(resp, reader, lease));
         }
     }
 
@@ -265,7 +258,7 @@ impl Connector {
         &self,
         endpoint: &Arc<Endpoint>,
         state: Option<Arc<ConnState>>,
-        h1: Option<(http1::SendRequest<Body>, Driver)>,
+        h1: Option<h1::Conn>,
     ) -> Lease {
         Lease {
             endpoint: endpoint.clone(),
@@ -279,22 +272,21 @@ impl Connector {
     }
 
     async fn tcp(&self, endpoint: &Endpoint) -> Result<TokioIo<TcpStream>, SendError> {
+        Ok(TokioIo::new(self.stream(endpoint).await?))
+    }
+
+    async fn stream(&self, endpoint: &Endpoint) -> Result<TcpStream, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.addr))
             .await
             .map_err(|_| SendError::Connect(io::ErrorKind::TimedOut.into()))?
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
         endpoint.pool.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
-    async fn connect_h1(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<(http1::SendRequest<Body>, Driver), SendError> {
-        let io = self.tcp(endpoint).await?;
-        let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Handshake)?;
-        Ok((tx, Box::pin(conn.with_upgrades())))
+    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<h1::Conn, SendError> {
+        Ok(h1::Conn::new(self.stream(endpoint).await?))
     }
 
     async fn connect_h2(&self, endpoint: &Endpoint) -> Result<H2Conn, SendError> {
@@ -397,15 +389,15 @@ impl Pool {
     /// bottom of the pool idle: 0.1 new connections per 1,000 requests at 2,000 requests/s).
     /// Under light load the pool still shrinks to what the rate keeps warm. Each is polled once first (with the caller's waker,
     /// which drives it from now on): that reads an end the app sent while it sat idle.
-    fn checkout_h1(&self, now_ms: u64, idle_timeout: Duration) -> Option<H1Conn> {
+    fn checkout_h1(&self, now_ms: u64, idle_timeout: Duration) -> Option<h1::Conn> {
         let limit = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut idle = self.idle();
         while let Some(mut conn) = idle.pop_front() {
             if now_ms.saturating_sub(conn.idle_since_ms) >= limit {
                 continue;
             }
-            if conn.usable() {
-                return Some(conn);
+            if conn.conn.usable() {
+                return Some(conn.conn);
             }
         }
         None
@@ -456,31 +448,11 @@ impl Pool {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// Idle HTTP/1.1 connections still open now (each is polled once to find out).
+    /// Idle HTTP/1.1 connections still open now (each is looked at to find out).
     pub(crate) fn idle_count(&self) -> usize {
         let mut idle = self.idle();
-        let mut cx = Context::from_waker(Waker::noop());
-        idle.retain_mut(|c| c.poll_open(&mut cx));
+        idle.retain_mut(|c| c.conn.usable());
         idle.len()
-    }
-}
-
-// === impl H1Conn ===
-
-impl H1Conn {
-    /// Polls the connection once; whether it is still open.
-    fn poll_open(&mut self, cx: &mut Context<'_>) -> bool {
-        match self.driver.as_mut().poll(cx) {
-            Poll::Ready(_) => false,
-            Poll::Pending => !self.tx.is_closed(),
-        }
-    }
-
-    /// Open and ready for a request. The poll (which lets hyper finish the previous exchange
-    /// and read an end the app sent) wakes nobody: the request that takes the connection
-    /// drives it with its own waker from then on.
-    fn usable(&mut self) -> bool {
-        self.poll_open(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
     }
 }
 
@@ -515,31 +487,16 @@ impl ConnState {
 
 // === impl Lease ===
 
-impl Lease {
-    /// Polls the HTTP/1.1 connection (if any); false once it has ended (then it is gone).
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((_, driver)) = self.h1.as_mut() else {
-            return true;
-        };
-        if driver.as_mut().poll(cx).is_ready() {
-            self.h1 = None;
-            return false;
-        }
-        true
-    }
-}
-
 impl Drop for Lease {
     fn drop(&mut self) {
         let now_ms = millis_since(self.epoch, Instant::now());
         if let Some(state) = &self.state {
             state.release(now_ms);
         }
-        if let (Some((tx, driver)), true) = (self.h1.take(), self.complete) {
+        if let (Some(conn), true) = (self.h1.take(), self.complete) {
             let pool = &self.endpoint.pool;
             let conn = H1Conn {
-                tx,
-                driver,
+                conn,
                 idle_since_ms: now_ms,
             };
             if pool.checkin_h1(conn, self.max_idle) && !pool.watched.swap(true, Ordering::Relaxed) {
@@ -555,64 +512,103 @@ impl ResponseBody {
     fn wrap(resp: Response<Incoming>, lease: Lease) -> Response<ResponseBody> {
         resp.map(|inner| {
             let mut body = ResponseBody {
-                inner,
+                inner: Inner::H2(inner),
                 lease: Some(lease),
             };
-            if hyper::body::Body::is_end_stream(&body.inner) {
+            if hyper::body::Body::is_end_stream(&body) {
                 body.release(true);
             }
             body
         })
     }
 
+    fn h1(resp: Response<()>, reader: h1::BodyReader, lease: Lease) -> Response<ResponseBody> {
+        let done = reader.is_done();
+        let reusable = reader.leaves_reusable();
+        let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut body = ResponseBody {
+            inner: Inner::H1(reader),
+            lease: Some(lease),
+        };
+        if done && !upgrade {
+            body.release(reusable);
+        }
+        resp.map(|()| body)
+    }
+
+    /// The upstream connection of a switched protocol (101), with what the upstream sent
+    /// past the response head.
+    pub(crate) fn take_upgraded(&mut self) -> Option<(TcpStream, Bytes)> {
+        let conn = self.lease.as_mut()?.h1.take()?;
+        self.lease = None;
+        Some(conn.into_upgraded())
+    }
+
     /// The request is done with its connection: an HTTP/1.1 one goes back to the pool when
-    /// the whole body was read (`complete`); otherwise hyper closes it.
-    fn release(&mut self, complete: bool) {
+    /// the whole body was read and the connection may carry another exchange (`reusable`);
+    /// otherwise it closes.
+    fn release(&mut self, reusable: bool) {
         if let Some(mut lease) = self.lease.take() {
-            lease.complete = complete;
+            lease.complete = reusable;
         }
     }
 }
+
 impl hyper::body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending()
-            && let Some(lease) = this.lease.as_mut()
-            && lease.h1.is_some()
-        {
-            // The body comes from the connection this request drives: move it, then look again.
-            lease.drive(cx);
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &mut this.inner {
+            Inner::H2(inner) => {
+                let res = std::task::ready!(Pin::new(&mut *inner).poll_frame(cx));
+                let end = inner.is_end_stream();
+                match &res {
+                    None => this.release(true),
+                    Some(Err(_)) => this.release(false),
+                    Some(Ok(_)) if end => this.release(true),
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(res.map(|r| r.map_err(BoxError::from)))
+            }
+            Inner::H1(reader) => {
+                let Some(conn) = this.lease.as_mut().and_then(|l| l.h1.as_mut()) else {
+                    return Poll::Ready(None);
+                };
+                let res = std::task::ready!(conn.poll_body(reader, cx));
+                if matches!(res, Some(Err(_))) {
+                    this.release(false);
+                } else if reader.is_done() {
+                    let reusable = reader.leaves_reusable();
+                    this.release(reusable);
+                }
+                Poll::Ready(res.map(|r| r.map_err(BoxError::from)))
+            }
         }
-        let res = std::task::ready!(polled);
-        match &res {
-            None => this.release(true),
-            Some(Err(_)) => this.release(false),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(true),
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(res)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::H2(inner) => inner.is_end_stream(),
+            Inner::H1(reader) => reader.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::H2(inner) => inner.size_hint(),
+            Inner::H1(reader) => reader.size_hint(),
+        }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // Dropped before its end: hyper closes an HTTP/1.1 connection whose body was not read.
+        // Dropped before its end: the connection closes.
         self.release(false);
     }
 }

@@ -1,0 +1,533 @@
+//! h1: an upstream HTTP/1.1 connection of our own — a request head written in one go with
+//! its small body, the response head parsed in place (header values are slices of the bytes
+//! read, not copies), the body read straight from the socket by whoever polls it.
+//!
+//! Why not hyper's client connection: it sends each request through a dispatch channel to
+//! the connection, answers through a oneshot, and passes the body through another channel —
+//! three hand-offs per request on the proxy's hottest path. Here the request's own future
+//! does all of it. HTTP/2 stays with hyper.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::Body;
+
+/// A response head may not be larger than this.
+const MAX_HEAD: usize = 64 * 1024;
+/// Nor have more headers than this.
+const MAX_HEADERS: usize = 128;
+/// How much a read asks for at least.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One upstream HTTP/1.1 connection, between exchanges or in one.
+pub(crate) struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed (none between exchanges on a healthy connection).
+    buf: BytesMut,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("writing the request: {0}")]
+    Write(#[source] io::Error),
+    #[error("writing the request body: {0}")]
+    WriteBody(#[source] io::Error),
+    #[error("reading the response: {0}")]
+    Read(#[source] io::Error),
+    #[error("the upstream closed the connection before the response head")]
+    ClosedBeforeHead,
+    #[error("the upstream closed the connection in the middle of the response body")]
+    ClosedInBody,
+    #[error("invalid response head: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("reading the request body: {0}")]
+    RequestBody(#[source] crate::BoxError),
+}
+
+impl Error {
+    /// The request never reached the upstream (it may be sent elsewhere as if new).
+    pub(crate) fn unsent(&self) -> bool {
+        matches!(self, Error::Write(_))
+    }
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Read to its end.
+    Done,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked: the next chunk's size line.
+    ChunkSize,
+    /// Chunked: this many bytes left in the chunk.
+    ChunkData(u64),
+    /// Chunked: the CRLF after a chunk.
+    ChunkEnd,
+    /// Chunked: trailers (or the empty line) after the last chunk.
+    Trailers,
+    /// Until the upstream closes (no length, not chunked).
+    UntilClose,
+}
+
+/// The state of a response body being read from a connection.
+pub(crate) struct BodyReader {
+    framing: Framing,
+    /// The connection may carry another exchange once the body is read.
+    reusable: bool,
+}
+
+// === impl Conn ===
+
+impl Conn {
+    pub(crate) fn new(io: TcpStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Open and quiet: nothing (no end, no stray bytes) arrived while it was idle. Costs a
+    /// system call only when the socket became readable meanwhile.
+    pub(crate) fn usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes `head` (the request head, with the whole body when it was small and ready)
+    /// and then streams what is left of the body (taken only once the head is out, so that a
+    /// request whose head could not be written can go on another connection whole).
+    pub(crate) async fn write_request(
+        &mut self,
+        head: &[u8],
+        body: &mut Option<(Body, bool)>,
+    ) -> Result<(), Error> {
+        self.io.write_all(head).await.map_err(Error::Write)?;
+        let Some((mut body, chunked)) = body.take() else {
+            return Ok(());
+        };
+        // From here on the upstream has seen the request: failures are not `unsent`.
+        let written = Error::WriteBody;
+        let mut out = Vec::new();
+        let mut probe = [0u8; 1];
+        loop {
+            // An upstream that answers (or closes) before the body is all sent (413, 401...)
+            // gets no more of it: its response is read, and the connection closed after it.
+            let frame = tokio::select! {
+                biased;
+                seen = self.io.peek(&mut probe) => {
+                    seen.map_err(Error::Read)?;
+                    return Ok(());
+                }
+                frame = body.frame() => frame,
+            };
+            out.clear();
+            match frame {
+                None => {
+                    if chunked {
+                        self.io.write_all(b"0\r\n\r\n").await.map_err(written)?;
+                    }
+                    return Ok(());
+                }
+                Some(Err(e)) => return Err(Error::RequestBody(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if chunked => {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                        self.io.write_all(&out).await.map_err(written)?;
+                    }
+                    Ok(data) => self.io.write_all(&data).await.map_err(written)?,
+                    Err(frame) => {
+                        if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
+                            out.extend_from_slice(b"0\r\n");
+                            encode_fields(&trailers, &mut out);
+                            out.extend_from_slice(b"\r\n");
+                            self.io.write_all(&out).await.map_err(written)?;
+                            return Ok(());
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads the response head (skipping interim 1xx ones but 101); the response and how to
+    /// read its body.
+    pub(crate) async fn read_head(
+        &mut self,
+        method: &Method,
+    ) -> Result<(Response<()>, BodyReader), Error> {
+        loop {
+            let parsed = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&self.buf)? {
+                    httparse::Status::Complete(len) => {
+                        let base = self.buf.as_ptr() as usize;
+                        let code = resp.code.unwrap_or(0);
+                        let minor = resp.version.unwrap_or(1);
+                        let fields: Vec<(HeaderName, usize, usize)> = resp
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                let name = HeaderName::from_bytes(h.name.as_bytes())
+                                    .map_err(|_| Error::Invalid("bad header name"))?;
+                                Ok((name, h.value.as_ptr() as usize - base, h.value.len()))
+                            })
+                            .collect::<Result<_, Error>>()?;
+                        Some((len, code, minor, fields))
+                    }
+                    httparse::Status::Partial => None,
+                }
+            };
+            let Some((len, code, minor, fields)) = parsed else {
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(Error::Invalid("response head too large"));
+                }
+                self.read_more()
+                    .await?
+                    .then_some(())
+                    .ok_or(Error::ClosedBeforeHead)?;
+                continue;
+            };
+            let head = self.buf.split_to(len).freeze();
+            let status =
+                StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            let mut headers = HeaderMap::with_capacity(fields.len());
+            for (name, at, len) in fields {
+                let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+                    .map_err(|_| Error::Invalid("bad header value"))?;
+                headers.append(name, value);
+            }
+            let reader = BodyReader::for_response(method, status, minor, &headers)?;
+            let mut resp = Response::new(());
+            *resp.status_mut() = status;
+            *resp.version_mut() = Version::HTTP_11;
+            *resp.headers_mut() = headers;
+            return Ok((resp, reader));
+        }
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    async fn read_more(&mut self) -> Result<bool, Error> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))
+        .map_err(Error::Read)?;
+        Poll::Ready(Ok(n > 0))
+    }
+
+    /// The connection itself, with what was read past the response (a protocol switch).
+    pub(crate) fn into_upgraded(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+
+    /// The next frame of the body `reader` delimits.
+    pub(crate) fn poll_body(
+        &mut self,
+        reader: &mut BodyReader,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            match reader.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) | Framing::ChunkData(left) => {
+                    if self.buf.is_empty() {
+                        if !std::task::ready!(self.poll_read_more(cx))? {
+                            return Poll::Ready(Some(Err(Error::ClosedInBody)));
+                        }
+                        continue;
+                    }
+                    let n = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    let data = self.buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    reader.framing = match reader.framing {
+                        Framing::Length(_) if left == 0 => Framing::Done,
+                        Framing::Length(_) => Framing::Length(left),
+                        _ if left == 0 => Framing::ChunkEnd,
+                        _ => Framing::ChunkData(left),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose => {
+                    if self.buf.is_empty() {
+                        if !std::task::ready!(self.poll_read_more(cx))? {
+                            reader.framing = Framing::Done;
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    let data = self.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        reader.framing = if size == 0 {
+                            Framing::Trailers
+                        } else {
+                            Framing::ChunkData(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.buf.len() > 1024 {
+                            return Poll::Ready(Some(Err(Error::Invalid("chunk size line"))));
+                        }
+                        if !std::task::ready!(self.poll_read_more(cx))? {
+                            return Poll::Ready(Some(Err(Error::ClosedInBody)));
+                        }
+                    }
+                    Err(_) => return Poll::Ready(Some(Err(Error::Invalid("chunk size")))),
+                },
+                Framing::ChunkEnd => {
+                    if self.buf.len() < 2 {
+                        if !std::task::ready!(self.poll_read_more(cx))? {
+                            return Poll::Ready(Some(Err(Error::ClosedInBody)));
+                        }
+                        continue;
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(Error::Invalid("chunk not ended by CRLF"))));
+                    }
+                    self.buf.advance(2);
+                    reader.framing = Framing::ChunkSize;
+                }
+                Framing::Trailers => {
+                    if self.buf.starts_with(b"\r\n") {
+                        self.buf.advance(2);
+                        reader.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    let parsed = {
+                        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        match httparse::parse_headers(&self.buf, &mut fields) {
+                            Ok(httparse::Status::Complete((used, fields))) => {
+                                let mut trailers = HeaderMap::with_capacity(fields.len());
+                                for f in fields {
+                                    if let (Ok(name), Ok(value)) = (
+                                        HeaderName::from_bytes(f.name.as_bytes()),
+                                        HeaderValue::from_bytes(f.value),
+                                    ) {
+                                        trailers.append(name, value);
+                                    }
+                                }
+                                Some((used, trailers))
+                            }
+                            Ok(httparse::Status::Partial) => None,
+                            Err(e) => return Poll::Ready(Some(Err(Error::Parse(e)))),
+                        }
+                    };
+                    match parsed {
+                        Some((used, trailers)) => {
+                            self.buf.advance(used);
+                            reader.framing = Framing::Done;
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        None if self.buf.len() >= MAX_HEAD => {
+                            return Poll::Ready(Some(Err(Error::Invalid("trailers too large"))));
+                        }
+                        None => {
+                            if !std::task::ready!(self.poll_read_more(cx))? {
+                                return Poll::Ready(Some(Err(Error::ClosedInBody)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// === impl BodyReader ===
+
+impl BodyReader {
+    fn for_response(
+        method: &Method,
+        status: StatusCode,
+        minor: u8,
+        headers: &HeaderMap,
+    ) -> Result<Self, Error> {
+        let keep_alive = minor == 1 && !has_token(headers, header::CONNECTION, "close")
+            || minor == 0 && has_token(headers, header::CONNECTION, "keep-alive");
+        let no_body = *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body {
+            Framing::Done
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            if !last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
+                Framing::UntilClose
+            } else {
+                Framing::ChunkSize
+            }
+        } else if let Some(len) = content_length(headers)? {
+            if len == 0 {
+                Framing::Done
+            } else {
+                Framing::Length(len)
+            }
+        } else {
+            Framing::UntilClose
+        };
+        Ok(BodyReader {
+            reusable: keep_alive
+                && framing != Framing::UntilClose
+                && status != StatusCode::SWITCHING_PROTOCOLS,
+            framing,
+        })
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    /// Read to its end on a connection that may carry another exchange.
+    pub(crate) fn leaves_reusable(&self) -> bool {
+        self.reusable && self.is_done()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The request head for `parts` as HTTP/1.1 (origin-form URI, headers as given) into `out`,
+/// with the framing header its body needs; then the body itself when it is small and ready
+/// (`None` back), or the body to stream and whether to chunk it.
+pub(crate) fn encode_request(
+    parts: &http::request::Parts,
+    mut body: Body,
+    out: &mut Vec<u8>,
+) -> Option<(Body, bool)> {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_fields(&parts.headers, out);
+    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let hint = body.size_hint();
+    if body.is_end_stream() {
+        if !has_length && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        return None;
+    }
+    // The client's Content-Length first: wrapped bodies (byte counters) do not pass size
+    // hints on.
+    let chunked = match hint.exact() {
+        _ if has_length => false,
+        Some(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            false
+        }
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    // A small body that is all there already (the replay buffer) goes with the head.
+    if !chunked {
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx)
+            && let Ok(data) = frame.into_data()
+        {
+            out.extend_from_slice(&data);
+            if body.is_end_stream() {
+                return None;
+            }
+        }
+    }
+    Some((body, chunked))
+}
+
+fn encode_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn last_token_is(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// `Content-Length`, when there is one; differing values are an error.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut found = None;
+    for v in tokens(headers, header::CONTENT_LENGTH) {
+        let n: u64 = v
+            .parse()
+            .map_err(|_| Error::Invalid("bad content-length"))?;
+        if found.is_some_and(|f| f != n) {
+            return Err(Error::Invalid("conflicting content-length"));
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests;
