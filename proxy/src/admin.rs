@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use tokio::sync::watch;
@@ -53,7 +52,7 @@ impl Status {
 // === impl Admin ===
 
 impl Admin {
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         }

@@ -9,8 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -19,6 +19,7 @@ use crate::access::{AccessLogSink, ForwardInfo};
 use crate::concrete::Concrete;
 use crate::config::{AccessLog, ProxyConfig};
 use crate::error::ProxyError;
+use crate::h1::server::{SplicedHere, UpstreamUpgrade};
 use crate::logical::{Table, split_authority};
 use crate::pool::{Connector, ResponseBody, SendError};
 use crate::retry::{RetryReason, backoff, is_idempotent};
@@ -48,7 +49,15 @@ pub(crate) struct Forwarder {
 enum ReplayBody {
     Empty,
     Full(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<Body>),
+}
+
+/// Who splices a switched protocol (101) on the client's side.
+enum Downstream {
+    /// hyper's server: its `OnUpgrade` gives the client's connection.
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// Our HTTP/1 server, which takes the upstream connection from the response.
+    Here,
 }
 
 /// What one attempt came to.
@@ -102,7 +111,7 @@ impl Forwarder {
     pub(crate) async fn forward(
         &self,
         route: &Route,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         span: &ServerSpan,
         info: &mut ForwardInfo,
     ) -> Result<Response<Body>, ProxyError> {
@@ -123,7 +132,13 @@ impl Forwarder {
             timeout = Some(timeout.map_or(g, |t| t.min(g)));
         }
         let deadline = timeout.map(|t| start + t);
-        let on_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let on_upgrade = is_upgrade(&req).then(|| {
+            if req.extensions().get::<SplicedHere>().is_some() {
+                Downstream::Here
+            } else {
+                Downstream::Hyper(hyper::upgrade::on(&mut req))
+            }
+        });
         if self.config.access_log != AccessLog::Off || span.is_recording() {
             info.target = Some(target.discovery_name.clone());
         }
@@ -289,7 +304,14 @@ impl Forwarder {
         // Each branch boxes the body once, with its byte counter.
         let mut resp =
             if let (Some(down), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, resp.status()) {
-                splice_upgrade(down, &mut resp);
+                match down {
+                    Downstream::Hyper(down) => splice_upgrade(down, &mut resp),
+                    Downstream::Here => {
+                        let up = resp.body_mut().take_upgraded();
+                        resp.extensions_mut()
+                            .insert(UpstreamUpgrade(Arc::new(std::sync::Mutex::new(up))));
+                    }
+                }
                 resp.map(|b| metrics.count_rx(b))
             } else if let Some(idx) = grpc_trailers {
                 let config = self.config.clone();
@@ -319,7 +341,7 @@ impl Forwarder {
     }
 
     /// route: the target of a request, by listener kind.
-    fn route(&self, route: &Route, req: &Request<Incoming>) -> Result<Arc<Concrete>, ProxyError> {
+    fn route(&self, route: &Route, req: &Request<Body>) -> Result<Arc<Concrete>, ProxyError> {
         match route {
             Route::Fixed(c) => Ok(c.clone()),
             Route::Service(table, name) => {
@@ -346,7 +368,7 @@ impl Forwarder {
     /// Keeps a small request body so that it can be replayed; streams anything else.
     async fn replay_body(
         &self,
-        body: Incoming,
+        body: Body,
         limit: usize,
         deadline: Option<Instant>,
         concrete: &Concrete,
@@ -356,17 +378,32 @@ impl Forwarder {
         }
         match body.size_hint().exact() {
             Some(n) if n <= limit as u64 => {
-                let collect = Limited::new(body, limit).collect();
-                let collected = match deadline {
+                // Collected by hand: `Limited` converts errors with a generic `Into`, which
+                // the compiler cannot prove `Send` for a boxed error inside this future.
+                let mut body = body;
+                let collect = async move {
+                    let mut buf = bytes::BytesMut::with_capacity(n as usize);
+                    while let Some(frame) = body.frame().await {
+                        if let Ok(data) = frame.map_err(ProxyError::DownstreamBody)?.into_data() {
+                            if buf.len() + data.len() > limit {
+                                return Err(ProxyError::BadRequest {
+                                    reason: "request body longer than its content-length".into(),
+                                });
+                            }
+                            buf.extend_from_slice(&data);
+                        }
+                    }
+                    Ok(buf.freeze())
+                };
+                let bytes = match deadline {
                     Some(d) => tokio::time::timeout_at(d, collect).await.map_err(|_| {
                         ProxyError::Timeout {
                             service: concrete.name().to_owned(),
                             timeout: d.saturating_duration_since(Instant::now()),
                         }
-                    })?,
-                    None => collect.await,
+                    })??,
+                    None => collect.await?,
                 };
-                let bytes = collected.map_err(ProxyError::DownstreamBody)?.to_bytes();
                 Ok(ReplayBody::Full(bytes))
             }
             _ => Ok(ReplayBody::Stream(Some(body))),
@@ -433,7 +470,7 @@ impl ReplayBody {
             ReplayBody::Empty => Empty::new().map_err(|never| match never {}).boxed(),
             ReplayBody::Full(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
             ReplayBody::Stream(s) => match s.take() {
-                Some(b) => b.map_err(BoxError::from).boxed(),
+                Some(b) => b,
                 None => Empty::new().map_err(|never| match never {}).boxed(),
             },
         }
@@ -441,7 +478,7 @@ impl ReplayBody {
 }
 
 /// The authority a request names: absolute-form URI first, then Host.
-fn request_authority(req: &Request<Incoming>) -> Option<&str> {
+fn request_authority(req: &Request<Body>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str());
     }
@@ -451,7 +488,7 @@ fn request_authority(req: &Request<Incoming>) -> Option<&str> {
         .filter(|h| !h.is_empty())
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<Body>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && connection_has(req.headers(), "upgrade")

@@ -27,6 +27,7 @@ pub mod ecs;
 mod endpoint;
 pub mod error;
 mod forward;
+mod h1;
 mod logical;
 pub mod metrics;
 mod outlier;

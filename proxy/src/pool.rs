@@ -16,8 +16,6 @@
 //! closes connections idle for the pool's idle timeout. HTTP/2 connections (hyper's) are
 //! shared by many requests and keep a task of their own.
 
-mod h1;
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -37,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::endpoint::Endpoint;
+use crate::h1;
 use crate::{Body, BoxError};
 
 /// Opens upstream connections; shared by every endpoint.

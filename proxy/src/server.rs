@@ -22,7 +22,6 @@ use std::time::Duration;
 use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -71,12 +70,11 @@ pub(crate) struct HttpListener {
     header_read_timeout: Duration,
     pub(crate) grace: Duration,
     pub(crate) metrics: Metrics,
-    /// HTTP/1 connections (most of them).
-    h1: http1::Builder,
     /// Connections that may be HTTP/2 (prior knowledge): auto-detected.
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
-    bytes: ByteCounters,
+    max_header_bytes: usize,
+    pub(crate) bytes: ByteCounters,
 }
 
 /// What hyper runs for each request.
@@ -103,6 +101,10 @@ pub(crate) struct Activity {
     active: AtomicUsize,
     /// Bytes of a request head arrived while no request was in flight, and it has not begun.
     head_pending: AtomicBool,
+    /// Told to close (our HTTP/1 server's graceful shutdown): now if idle, else after the
+    /// response in flight.
+    shut: AtomicBool,
+    shut_notify: tokio::sync::Notify,
 }
 
 /// Why a connection's timer fired.
@@ -115,7 +117,7 @@ pub(crate) enum Expired {
 }
 
 /// Counts a request in flight on a connection while alive.
-struct ActiveGuard(Arc<Activity>);
+pub(crate) struct ActiveGuard(Arc<Activity>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -160,14 +162,6 @@ impl HttpListener {
         metrics: Metrics,
     ) -> Self {
         let max_buf = limits.max_header_bytes.max(8192);
-        let mut h1 = http1::Builder::new();
-        // No hyper header timeout (see `Activity`).
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(max_buf)
-            // The buffer limit alone is approximate (a read may fill a grown buffer past it).
-            .max_header_size(limits.max_header_bytes)
-            .keep_alive(true);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -185,13 +179,26 @@ impl HttpListener {
             grace,
             bytes: ByteCounters::new(&metrics, name),
             metrics,
-            h1,
             builder,
             max_connections: limits.max_connections,
+            max_header_bytes: limits.max_header_bytes,
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    /// Counts a downstream connection error of `kind`.
+    pub(crate) fn count_error(&self, kind: &'static str) {
+        self.metrics
+            .downstream_errors
+            .with_label_values(&[kind])
+            .inc();
+        tracing::debug!(listener = self.name, kind, "downstream connection error");
+    }
+
+    pub(crate) async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
         match &self.handler {
             Handler::Admin(admin) => admin.handle(req).await,
             Handler::Proxy {
@@ -430,43 +437,47 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
         Ok(None) => return,
         Err(e) => return count_connection_error(&ctx.metrics, &e),
     };
-    let io = TokioIo::new(IdleIo::new(stream, activity.clone(), ctx.bytes.clone()));
-    let svc_ctx = ctx.clone();
-    let svc_activity = activity.clone();
-    let service = service_fn(move |req: Request<Incoming>| -> RequestFuture {
-        let ctx = svc_ctx.clone();
-        if req.version() == Version::HTTP_2 {
-            svc_activity.h2.store(true, Ordering::Relaxed);
-        }
-        let guard = svc_activity.begin();
-        // Boxed: hyper keeps room for one request future in every connection, idle or not,
-        // so an unboxed one (~3 KiB) would cost that much per keep-alive client.
-        Box::pin(async move {
-            let resp = ctx.handle(req, peer).await;
-            drop(guard);
-            Ok::<_, Infallible>(resp)
-        })
-    });
     // Only HTTP/1.1 has request heads to time; HTTP/2 clients may idle between frames.
     let header_timeout = (sniffed == Sniffed::Http1).then_some(ctx.header_read_timeout);
-    // Built in place (a `let` moved into `pin!` kept both copies in the task, 3 KiB), and the
-    // auto-detecting server, which is twice the size, boxed: every HTTP/1 keep-alive client's
-    // task holds only what its connection needs.
+    // HTTP/1 on our own server (see `h1::server`); what may be HTTP/2 on hyper's
+    // auto-detecting one, boxed so that HTTP/1 connections' tasks do not hold room for it.
+    // Built in place: a `let` moved into `pin!` kept both copies in the task.
     let mut conn = pin!(match sniffed {
-        Sniffed::Http1 => Either::Left(ctx.h1.serve_connection(io, service).with_upgrades()),
-        Sniffed::Auto => Either::Right(Box::pin(
-            ctx.builder.serve_connection_with_upgrades(io, service),
+        Sniffed::Http1 => Either::Left(crate::h1::server::serve(
+            stream,
+            peer,
+            ctx.clone(),
+            activity.clone(),
         )),
-    });
-    // The same calls on either server.
-    macro_rules! either {
-        ($c:ident => $e:expr) => {
-            match conn.as_mut().as_pin_mut() {
-                Either::Left($c) => $e,
-                Either::Right(boxed) => {
-                    let $c = boxed.get_mut().as_mut();
-                    $e
+        Sniffed::Auto => {
+            let io = TokioIo::new(IdleIo::new(stream, activity.clone(), ctx.bytes.clone()));
+            let svc_ctx = ctx.clone();
+            let svc_activity = activity.clone();
+            let service = service_fn(move |req: Request<Incoming>| -> RequestFuture {
+                let ctx = svc_ctx.clone();
+                if req.version() == Version::HTTP_2 {
+                    svc_activity.h2.store(true, Ordering::Relaxed);
                 }
+                let guard = svc_activity.begin();
+                // Boxed: hyper keeps room for one request future in every connection.
+                Box::pin(async move {
+                    let req = req.map(box_incoming);
+                    let resp = ctx.handle(req, peer).await;
+                    drop(guard);
+                    Ok::<_, Infallible>(resp)
+                })
+            });
+            Either::Right(Box::pin(
+                ctx.builder.serve_connection_with_upgrades(io, service),
+            ))
+        }
+    });
+    // Graceful close, either server.
+    macro_rules! graceful {
+        () => {
+            match conn.as_mut().as_pin_mut() {
+                Either::Left(_) => activity.shut(),
+                Either::Right(boxed) => boxed.get_mut().as_mut().graceful_shutdown(),
             }
         };
     }
@@ -476,7 +487,10 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
     let inbound = matches!(ctx.handler, Handler::Proxy { inbound: true, .. });
     loop {
         tokio::select! {
-            res = std::future::poll_fn(|cx| either!(c => c.poll(cx).map_err(BoxError::from))) => {
+            res = std::future::poll_fn(|cx| match conn.as_mut().as_pin_mut() {
+                Either::Left(c) => c.poll(cx).map(|()| Ok(())),
+                Either::Right(boxed) => boxed.get_mut().as_mut().poll(cx).map_err(BoxError::from),
+            }) => {
                 if let Err(e) = res {
                     count_connection_error(&ctx.metrics, &*e);
                 }
@@ -487,12 +501,12 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
             () = wait_for(&mut drain_phase, Phase::Draining), if inbound && !goaway && hard_stop.is_none() => {
                 goaway = true;
                 if activity.h2.load(Ordering::Relaxed) {
-                    either!(c => c.graceful_shutdown());
+                    graceful!();
                 }
             }
             () = wait_for(&mut phase, Phase::Stopping), if hard_stop.is_none() => {
                 if !(goaway && activity.h2.load(Ordering::Relaxed)) {
-                    either!(c => c.graceful_shutdown());
+                    graceful!();
                 }
                 hard_stop = Some(Instant::now() + ctx.grace);
             }
@@ -502,12 +516,18 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
                     tracing::debug!(listener = ctx.name, %peer, "request head not received in time; closing");
                     break;
                 }
-                either!(c => c.graceful_shutdown());
+                graceful!();
                 hard_stop = Some(Instant::now() + ctx.grace);
             }
             () = sleep_until_opt(hard_stop) => break,
         }
     }
+}
+
+/// hyper's request body as ours.
+fn box_incoming(body: Incoming) -> Body {
+    use http_body_util::BodyExt;
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
 }
 
 /// Tells a client over the connection limit why it is turned away, then closes.
@@ -565,14 +585,35 @@ impl Activity {
             touched: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             head_pending: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
+            shut_notify: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the connection to close: at once if idle, else after the response in flight.
+    pub(crate) fn shut(&self) {
+        self.shut.store(true, Ordering::Relaxed);
+        self.shut_notify.notify_waiters();
+    }
+
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once [`Activity::shut`] was called.
+    pub(crate) async fn shut_down(&self) {
+        let notified = self.shut_notify.notified();
+        if self.is_shut() {
+            return;
+        }
+        notified.await;
     }
 
     fn touch(&self) {
         self.touched.store(true, Ordering::Relaxed);
     }
 
-    fn begin(self: &Arc<Self>) -> ActiveGuard {
+    pub(crate) fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
         ActiveGuard(self.clone())
@@ -632,6 +673,14 @@ impl<T> IdleIo<T> {
             activity,
             bytes,
         }
+    }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
     }
 }
 

@@ -11,6 +11,7 @@ mod fake_registry;
 mod grpc;
 mod h2load;
 mod harness;
+mod http1;
 mod inbound;
 mod limits;
 mod outbound;

@@ -1,11 +1,15 @@
-//! h1: an upstream HTTP/1.1 connection of our own — a request head written in one go with
-//! its small body, the response head parsed in place (header values are slices of the bytes
-//! read, not copies), the body read straight from the socket by whoever polls it.
+//! h1: HTTP/1.1 of our own, both ways. Upstream ([`Conn`]): a request head written in one go
+//! with its small body, the response head parsed in place (header values are slices of the
+//! bytes read, not copies), the body read straight from the socket by whoever polls it.
+//! Downstream ([`server`]): the same parts the other way round.
 //!
-//! Why not hyper's client connection: it sends each request through a dispatch channel to
-//! the connection, answers through a oneshot, and passes the body through another channel —
-//! three hand-offs per request on the proxy's hottest path. Here the request's own future
-//! does all of it. HTTP/2 stays with hyper.
+//! Why not hyper's HTTP/1: its client sends each request through a dispatch channel to the
+//! connection, answers through a oneshot and passes the body through another channel — three
+//! hand-offs per request on the proxy's hottest path; its server keeps an 8 KiB read and an
+//! 8 KiB write buffer for the life of every connection, idle or not. Here the request's own
+//! future does all of it, and an idle connection holds no buffer. HTTP/2 stays with hyper.
+
+pub(crate) mod server;
 
 use std::io;
 use std::pin::Pin;
@@ -16,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::Body;
@@ -28,12 +32,15 @@ const MAX_HEADERS: usize = 128;
 /// How much a read asks for at least.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// One upstream HTTP/1.1 connection, between exchanges or in one.
-pub(crate) struct Conn {
-    io: TcpStream,
+/// The reading side of an HTTP/1.1 connection: the stream and what was read from it.
+pub(crate) struct Wire<R> {
+    pub(crate) io: R,
     /// Bytes read and not yet consumed (none between exchanges on a healthy connection).
-    buf: BytesMut,
+    pub(crate) buf: BytesMut,
 }
+
+/// One upstream HTTP/1.1 connection, between exchanges or in one.
+pub(crate) type Conn = Wire<TcpStream>;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +100,7 @@ pub(crate) struct BodyReader {
 
 impl Conn {
     pub(crate) fn new(io: TcpStream) -> Self {
-        Conn {
+        Wire {
             io,
             buf: BytesMut::new(),
         }
@@ -235,6 +242,15 @@ impl Conn {
         }
     }
 
+    /// The connection itself, with what was read past the response (a protocol switch).
+    pub(crate) fn into_upgraded(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+}
+
+// === impl Wire ===
+
+impl<R: AsyncRead + Unpin> Wire<R> {
     /// Reads more into the buffer; false at the end of the stream.
     async fn read_more(&mut self) -> Result<bool, Error> {
         std::future::poll_fn(|cx| self.poll_read_more(cx)).await
@@ -251,11 +267,6 @@ impl Conn {
         ))
         .map_err(Error::Read)?;
         Poll::Ready(Ok(n > 0))
-    }
-
-    /// The connection itself, with what was read past the response (a protocol switch).
-    pub(crate) fn into_upgraded(self) -> (TcpStream, Bytes) {
-        (self.io, self.buf.freeze())
     }
 
     /// The next frame of the body `reader` delimits.
@@ -379,6 +390,26 @@ impl Conn {
 // === impl BodyReader ===
 
 impl BodyReader {
+    /// How a request's body is delimited (RFC 9112 §6.3: chunked last, else the length,
+    /// else none).
+    fn for_request(headers: &HeaderMap) -> Result<Self, Error> {
+        let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
+            if !last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
+                return Err(Error::Invalid("transfer-encoding without chunked last"));
+            }
+            Framing::ChunkSize
+        } else {
+            match content_length(headers)? {
+                Some(0) | None => Framing::Done,
+                Some(n) => Framing::Length(n),
+            }
+        };
+        Ok(BodyReader {
+            framing,
+            reusable: true,
+        })
+    }
+
     fn for_response(
         method: &Method,
         status: StatusCode,

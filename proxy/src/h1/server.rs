@@ -1,0 +1,534 @@
+//! server: the downstream side of HTTP/1.1 — one connection's requests read, handled and
+//! answered in the connection's own task, one at a time (pipelined ones in order).
+//!
+//! An idle keep-alive connection holds no buffer: it waits for readability with none, takes
+//! one for the request head, and lets it go once the exchange is over and nothing more was
+//! sent. A request body reads itself from the connection: the reading side is lent to it and
+//! comes back when it ends or is dropped (unread to its end, the connection then closes after
+//! the response).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{BodyReader, Error, MAX_HEADERS, Wire, encode_fields, has_token};
+use crate::server::{Activity, HttpListener, IdleIo};
+use crate::{Body, BoxError};
+
+type ReadSide = Wire<IdleIo<OwnedReadHalf>>;
+type WriteSide = IdleIo<OwnedWriteHalf>;
+
+/// Where a request body gives the reading side back, with whether it was read whole.
+type Home = Arc<Mutex<Option<(ReadSide, bool)>>>;
+
+/// Marks a request whose protocol switch (101) this server splices itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SplicedHere;
+
+/// The upstream end of a switched protocol, from `forward` to the server that splices it.
+#[derive(Clone)]
+pub(crate) struct UpstreamUpgrade(pub(crate) Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+
+/// A request head that could not be read.
+enum HeadError {
+    /// The client left between requests.
+    Closed,
+    /// The client left in the middle of a head, or the socket failed.
+    Incomplete,
+    TooLarge,
+    Malformed(&'static str),
+}
+
+/// A parsed request head.
+struct Head {
+    parts: http::request::Parts,
+    body: BodyReader,
+    /// The client lets the connection live on after this exchange.
+    keep_alive: bool,
+    expect_continue: bool,
+    upgrade: bool,
+}
+
+/// A request body read from the lent reading side.
+struct RequestBody {
+    wire: Option<ReadSide>,
+    reader: BodyReader,
+    home: Home,
+}
+
+/// Serves one HTTP/1 connection until the client leaves, an exchange fails, the connection
+/// is told to close ([`Activity::shut`]) between requests, or an exchange says close.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<HttpListener>,
+    activity: Arc<Activity>,
+) {
+    let (rd, wr) = stream.into_split();
+    let mut wr = IdleIo::new(wr, activity.clone(), ctx.bytes.clone());
+    let home: Home = Arc::new(Mutex::new(None));
+    let mut wire = Wire {
+        io: IdleIo::new(rd, activity.clone(), ctx.bytes.clone()),
+        buf: BytesMut::new(),
+    };
+    loop {
+        if wire.buf.is_empty() {
+            // Between requests: no buffer while waiting.
+            wire.buf = BytesMut::new();
+            tokio::select! {
+                biased;
+                () = activity.shut_down() => return,
+                ready = wire.io.get_ref().readable() => if ready.is_err() { return },
+            }
+        }
+        let head = match read_head(&mut wire, ctx.max_header_bytes()).await {
+            Ok(head) => head,
+            Err(HeadError::Closed) => return,
+            Err(HeadError::Incomplete) => return ctx.count_error("incomplete"),
+            Err(HeadError::TooLarge) => {
+                ctx.count_error("header_too_large");
+                let text = "skiff-proxy: request header fields too large\n";
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return refuse(wire, wr, status, text).await;
+            }
+            Err(HeadError::Malformed(what)) => {
+                ctx.count_error("malformed");
+                let text = format!("skiff-proxy: malformed request: {what}\n");
+                return refuse(wire, wr, StatusCode::BAD_REQUEST, &text).await;
+            }
+        };
+        let guard = activity.begin();
+        let Head {
+            parts,
+            body: reader,
+            keep_alive,
+            expect_continue,
+            upgrade,
+        } = head;
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        // The body, when there is one, takes the reading side with it.
+        let lent = !reader.is_done();
+        if lent
+            && expect_continue
+            && wr
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let mut req = Request::from_parts(parts, Body::default());
+        let mut wire_slot = Some(wire);
+        if lent {
+            *req.body_mut() = RequestBody {
+                wire: wire_slot.take(),
+                reader,
+                home: home.clone(),
+            }
+            .boxed();
+        }
+        if upgrade {
+            req.extensions_mut().insert(SplicedHere);
+        }
+        let resp = Box::pin(ctx.handle(req, peer)).await;
+        let mut whole = true;
+        wire = match wire_slot {
+            Some(w) => w,
+            None => match lock(&home).take() {
+                Some((back, done)) => {
+                    whole = done;
+                    back
+                }
+                // The body lives on somewhere (an HTTP/2 upstream still sending it): this
+                // connection cannot read its next request.
+                None => return,
+            },
+        };
+        if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            drop(guard);
+            return splice(wire, wr, resp).await;
+        }
+        let close = !keep_alive || !whole || activity.is_shut() || says_close(resp.headers());
+        let written = write_response(&mut wr, resp, version, head_request, close).await;
+        drop(guard);
+        if !written || close {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+fn lock(home: &Home) -> MutexGuard<'_, Option<(ReadSide, bool)>> {
+    home.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads and parses the next request head.
+async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
+    loop {
+        if !wire.buf.is_empty() {
+            if let Some(head) = parse_head(&mut wire.buf)? {
+                return Ok(head);
+            }
+            if wire.buf.len() >= max {
+                return Err(HeadError::TooLarge);
+            }
+        }
+        let before = wire.buf.len();
+        match wire.read_more().await {
+            Ok(true) => {}
+            Ok(false) if before == 0 => return Err(HeadError::Closed),
+            Ok(false) | Err(_) => return Err(HeadError::Incomplete),
+        }
+    }
+}
+
+/// The head at the start of `buf`, taken out of it; `None` while incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+    let (len, method, path, minor, fields) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let status = match req.parse(buf) {
+            Ok(status) => status,
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed("invalid request head")),
+        };
+        let httparse::Status::Complete(len) = status else {
+            return Ok(None);
+        };
+        let base = buf.as_ptr() as usize;
+        let span = |s: &str| (s.as_ptr() as usize - base, s.len());
+        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+            .map_err(|_| HeadError::Malformed("invalid method"))?;
+        let path = span(req.path.unwrap_or(""));
+        let minor = req.version.unwrap_or(1);
+        let fields: Vec<(HeaderName, (usize, usize))> = req
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| HeadError::Malformed("invalid header name"))?;
+                let at = h.value.as_ptr() as usize - base;
+                Ok((name, (at, h.value.len())))
+            })
+            .collect::<Result<_, HeadError>>()?;
+        (len, method, path, minor, fields)
+    };
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, (at, n)) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let body = BodyReader::for_request(&headers).map_err(|e| match e {
+        Error::Invalid(what) => HeadError::Malformed(what),
+        _ => HeadError::Malformed("invalid body framing"),
+    })?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let keep_alive = if minor == 0 {
+        has_token(&headers, header::CONNECTION, "keep-alive")
+    } else {
+        !has_token(&headers, header::CONNECTION, "close")
+    };
+    let expect_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expect_continue {
+        // Answered here; the upstream gets the body without waiting.
+        headers.remove(header::EXPECT);
+    }
+    let upgrade = minor == 1
+        && headers.contains_key(header::UPGRADE)
+        && has_token(&headers, header::CONNECTION, "upgrade");
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    }))
+}
+
+fn says_close(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "close")
+}
+
+/// How a response body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Writes `resp` (head, then its body as it comes); false when the connection cannot go on
+/// (a write failed, or the body failed or ended short of its length).
+async fn write_response(
+    wr: &mut WriteSide,
+    resp: Response<Body>,
+    version: Version,
+    head_request: bool,
+    close: bool,
+) -> bool {
+    use Out::Chunked;
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let given_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let out = if no_body {
+        Out::None
+    } else if let Some(n) = given_length {
+        Out::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        Out::Length(n)
+    } else if version == Version::HTTP_11 {
+        Chunked
+    } else {
+        Out::UntilClose
+    };
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    encode_fields(&parts.headers, &mut buf);
+    if let (Out::Length(n), None) = (out, given_length) {
+        buf.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    if out == Chunked {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        buf.extend_from_slice(b"date: ");
+        date(&mut buf);
+        buf.extend_from_slice(b"\r\n");
+    }
+    if close || out == Out::UntilClose {
+        if !says_close(&parts.headers) {
+            buf.extend_from_slice(b"connection: close\r\n");
+        }
+    } else if version == Version::HTTP_10 {
+        buf.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    if out == Out::None {
+        return wr.write_all(&buf).await.is_ok();
+    }
+    let mut left = match out {
+        Out::Length(n) => n,
+        _ => u64::MAX,
+    };
+    // The first part of the body, when it is there already, goes with the head.
+    let mut first = body.frame().now_or_never();
+    loop {
+        let frame = match first.take() {
+            Some(frame) => frame,
+            None => {
+                if !buf.is_empty() {
+                    if wr.write_all(&buf).await.is_err() {
+                        return false;
+                    }
+                    buf.clear();
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            None => {
+                if out == Chunked {
+                    buf.extend_from_slice(b"0\r\n\r\n");
+                }
+                let complete = !matches!(out, Out::Length(_)) || left == 0;
+                return wr.write_all(&buf).await.is_ok() && complete;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; closing the connection");
+                let _ = wr.write_all(&buf).await;
+                return false;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => match out {
+                    Chunked => {
+                        buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        buf.extend_from_slice(&data);
+                        buf.extend_from_slice(b"\r\n");
+                    }
+                    _ => {
+                        let n = (data.len() as u64).min(left);
+                        left -= n;
+                        buf.extend_from_slice(&data[..n as usize]);
+                        if n < data.len() as u64 {
+                            // More than the length said: the rest cannot be sent.
+                            let _ = wr.write_all(&buf).await;
+                            return false;
+                        }
+                    }
+                },
+                Err(frame) => {
+                    if let (Ok(trailers), Chunked) = (frame.into_trailers(), out) {
+                        buf.extend_from_slice(b"0\r\n");
+                        encode_fields(&trailers, &mut buf);
+                        buf.extend_from_slice(b"\r\n");
+                        return wr.write_all(&buf).await.is_ok();
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The current time as an HTTP date, formatted at most once a second per thread.
+fn date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(c.1.as_bytes());
+    });
+}
+
+/// Answers a request that cannot be served with `status` and `text`, then closes: reads on a
+/// little (bounded) so that closing with unread bytes does not reset the connection before
+/// the client has read the answer.
+async fn refuse(mut wire: ReadSide, mut wr: WriteSide, status: StatusCode, text: &str) {
+    let resp = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        text.len()
+    );
+    if wr.write_all(resp.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = wr.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match wire.io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes the 101, then joins the client and the upstream connection both ways.
+async fn splice(wire: ReadSide, mut wr: WriteSide, resp: Response<Body>) {
+    let upstream = resp
+        .extensions()
+        .get::<UpstreamUpgrade>()
+        .and_then(|u| u.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let Some((mut up, early)) = upstream else {
+        return;
+    };
+    let (parts, _) = resp.into_parts();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    encode_fields(&parts.headers, &mut head);
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(&early);
+    if wr.write_all(&head).await.is_err() {
+        return;
+    }
+    let Wire { io: rd, buf } = wire;
+    if !buf.is_empty() && up.write_all(&buf).await.is_err() {
+        return;
+    }
+    let (rd, wr) = (rd.into_inner(), wr.into_inner());
+    let Ok(mut down) = rd.reunite(wr) else {
+        return;
+    };
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+// === impl RequestBody ===
+
+impl RequestBody {
+    /// Gives the reading side back, with whether the body was read whole.
+    fn give_back(&mut self) {
+        if let Some(wire) = self.wire.take() {
+            *lock(&self.home) = Some((wire, self.reader.is_done()));
+        }
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(wire) = this.wire.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let res = std::task::ready!(wire.poll_body(&mut this.reader, cx));
+        if this.reader.is_done() || matches!(res, Some(Err(_))) {
+            this.give_back();
+        }
+        Poll::Ready(res.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reader.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.reader.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}

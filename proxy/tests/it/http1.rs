@@ -1,0 +1,121 @@
+//! The sidecar's own HTTP/1.1 server, byte for byte: pipelining, HTTP/1.0, `Expect:
+//! 100-continue`, HEAD, and a connection that lives on after each of them.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// Reads from `s` until `done` says the bytes so far are complete (or 5 s pass).
+async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done(&String::from_utf8_lossy(&out)) {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("the answer came in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let up = Upstream::start("orders").await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(
+        b"GET http://orders:8080/a HTTP/1.1\r\nhost: orders:8080\r\n\r\n\
+          POST http://orders:8080/b HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 3\r\n\r\nabc\
+          GET http://orders:8080/c HTTP/1.1\r\nhost: orders:8080\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let out = read_until(&mut s, |o| count(o, "orders") >= 3 * 2).await;
+    assert_eq!(count(&out, "HTTP/1.1 200 OK"), 3, "{out}");
+    let lens: Vec<_> = out
+        .lines()
+        .filter(|l| l.starts_with("x-body-len"))
+        .collect();
+    assert_eq!(lens, ["x-body-len: 0", "x-body-len: 3", "x-body-len: 0"], "{out}");
+    assert!(out.contains("date: "), "responses carry a Date: {out}");
+}
+
+#[tokio::test]
+async fn http_1_0_clients_get_their_answer_and_a_close_unless_they_keep_alive() {
+    let up = Upstream::start("orders").await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    // Plain HTTP/1.0: answered, then closed.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("the connection closed after the answer")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("content-length: 6\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\norders"), "{out}");
+    // HTTP/1.0 with keep-alive: the connection carries a second request.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(
+            b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\nconnection: keep-alive\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let out = read_until(&mut s, |o| o.ends_with("orders")).await;
+        assert!(out.contains("connection: keep-alive\r\n"), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_a_continue_then_the_answer() {
+    let up = Upstream::start("orders").await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(
+        b"PUT http://orders:8080/x HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let interim = read_until(&mut s, |o| o.ends_with("\r\n\r\n")).await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let out = read_until(&mut s, |o| o.ends_with("orders")).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("x-body-len: 5\r\n"), "{out}");
+}
+
+#[tokio::test]
+async fn a_head_answer_has_no_body_and_the_connection_goes_on() {
+    let up = Upstream::start("orders").await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"HEAD http://orders:8080/ HTTP/1.1\r\nhost: orders:8080\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut s, |o| o.ends_with("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    s.write_all(b"GET http://orders:8080/ HTTP/1.1\r\nhost: orders:8080\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s, |o| o.ends_with("orders")).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n"),
+        "the HEAD answer had no body, so the next one starts right away: {out}"
+    );
+}
