@@ -233,7 +233,13 @@ impl Conn {
                     .map_err(|_| Error::Invalid("bad header value"))?;
                 headers.append(name, value);
             }
-            let reader = BodyReader::for_response(method, status, minor, &headers)?;
+            let mut reader = BodyReader::for_response(method, status, minor, &headers)?;
+            if headers.contains_key(header::TRANSFER_ENCODING)
+                && headers.remove(header::CONTENT_LENGTH).is_some()
+            {
+                // Both framings: the body is read chunked, and the length (not its own) goes.
+                reader.reusable = false;
+            }
             let mut resp = Response::new(());
             *resp.status_mut() = status;
             *resp.version_mut() = Version::HTTP_11;

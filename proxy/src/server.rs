@@ -5,11 +5,9 @@
 //! endpoints; at `Stopping`, the listener stops accepting and each connection shuts down
 //! gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the in-flight response), with a hard cap.
 //!
-//! A connection's first bytes pick its server: HTTP/1 goes straight to hyper's HTTP/1 server,
-//! and only what may be the HTTP/2 preface goes through the auto-detecting one. Why: the
-//! auto server reads the first bytes into a buffer of its own and hands them back to HTTP/1
-//! later, which makes hyper grow the connection's read buffer from 8 to 16 KiB — for every
-//! idle keep-alive connection.
+//! A connection's first bytes pick its server: HTTP/1 goes to our own (`h1::server`, which
+//! holds no buffer while a keep-alive connection is idle), and only what may be the HTTP/2
+//! preface goes to hyper's auto-detecting one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -235,6 +235,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
+    // Both framings: chunked wins, and the length goes (RFC 9112 §6.3), lest the upstream
+    // read the body by a length that is not its own (request smuggling).
+    let both = headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some();
     let body = BodyReader::for_request(&headers).map_err(|e| match e {
         Error::Invalid(what) => HeadError::Malformed(what),
         _ => HeadError::Malformed("invalid body framing"),
@@ -244,11 +248,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     } else {
         Version::HTTP_11
     };
-    let keep_alive = if minor == 0 {
-        has_token(&headers, header::CONNECTION, "keep-alive")
-    } else {
-        !has_token(&headers, header::CONNECTION, "close")
-    };
+    let keep_alive = !both
+        && if minor == 0 {
+            has_token(&headers, header::CONNECTION, "keep-alive")
+        } else {
+            !has_token(&headers, header::CONNECTION, "close")
+        };
     let expect_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));

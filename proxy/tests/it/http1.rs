@@ -48,7 +48,11 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
         .lines()
         .filter(|l| l.starts_with("x-body-len"))
         .collect();
-    assert_eq!(lens, ["x-body-len: 0", "x-body-len: 3", "x-body-len: 0"], "{out}");
+    assert_eq!(
+        lens,
+        ["x-body-len: 0", "x-body-len: 3", "x-body-len: 0"],
+        "{out}"
+    );
     assert!(out.contains("date: "), "responses carry a Date: {out}");
 }
 
@@ -117,5 +121,25 @@ async fn a_head_answer_has_no_body_and_the_connection_goes_on() {
     assert!(
         out.starts_with("HTTP/1.1 200 OK\r\n"),
         "the HEAD answer had no body, so the next one starts right away: {out}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_both_framings_is_read_chunked_and_loses_its_length() {
+    let up = Upstream::start("orders").await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    // The length (3) is not the body's (11 bytes, chunked): the upstream must see 11.
+    s.write_all(
+        b"POST http://orders:8080/x HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 3\r\n\
+          transfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let out = read_until(&mut s, |o| o.ends_with("orders")).await;
+    assert!(out.contains("x-body-len: 11\r\n"), "{out}");
+    assert!(
+        out.contains("connection: close\r\n"),
+        "a request framed both ways does not keep its connection: {out}"
     );
 }
