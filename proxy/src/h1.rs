@@ -162,7 +162,8 @@ impl Conn {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) if chunked => {
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        push_number(&mut out, data.len() as u64, true);
+                        out.extend_from_slice(b"\r\n");
                         out.extend_from_slice(&data);
                         out.extend_from_slice(b"\r\n");
                         self.io.write_all(&out).await.map_err(written)?;
@@ -188,6 +189,7 @@ impl Conn {
         &mut self,
         method: &Method,
     ) -> Result<(Response<()>, BodyReader), Error> {
+        let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
         loop {
             let parsed = {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -197,21 +199,13 @@ impl Conn {
                         let base = self.buf.as_ptr() as usize;
                         let code = resp.code.unwrap_or(0);
                         let minor = resp.version.unwrap_or(1);
-                        let fields: Vec<(HeaderName, usize, usize)> = resp
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                let name = HeaderName::from_bytes(h.name.as_bytes())
-                                    .map_err(|_| Error::Invalid("bad header name"))?;
-                                Ok((name, h.value.as_ptr() as usize - base, h.value.len()))
-                            })
-                            .collect::<Result<_, Error>>()?;
-                        Some((len, code, minor, fields))
+                        let n = spans_of(base, resp.headers, &mut spans);
+                        Some((len, code, minor, n))
                     }
                     httparse::Status::Partial => None,
                 }
             };
-            let Some((len, code, minor, fields)) = parsed else {
+            let Some((len, code, minor, n)) = parsed else {
                 if self.buf.len() >= MAX_HEAD {
                     return Err(Error::Invalid("response head too large"));
                 }
@@ -227,12 +221,7 @@ impl Conn {
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
-            let mut headers = HeaderMap::with_capacity(fields.len());
-            for (name, at, len) in fields {
-                let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-                    .map_err(|_| Error::Invalid("bad header value"))?;
-                headers.append(name, value);
-            }
+            let mut headers = fields_of(&head, &spans[..n]).map_err(Error::Invalid)?;
             let mut reader = BodyReader::for_response(method, status, minor, &headers)?;
             if headers.contains_key(header::TRANSFER_ENCODING)
                 && headers.remove(header::CONTENT_LENGTH).is_some()
@@ -263,7 +252,9 @@ impl<R: AsyncRead + Unpin> Wire<R> {
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+        // Room for a read: what is there when it is more than a sliver (a request head's
+        // small buffer), else a chunk.
+        if self.buf.capacity() - self.buf.len() < 256 {
             self.buf.reserve(READ_CHUNK);
         }
         let n = std::task::ready!(tokio_util::io::poll_read_buf(
@@ -499,7 +490,9 @@ pub(crate) fn encode_request(
     let chunked = match hint.exact() {
         _ if has_length => false,
         Some(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            out.extend_from_slice(b"content-length: ");
+            push_number(out, n, false);
+            out.extend_from_slice(b"\r\n");
             false
         }
         None => {
@@ -521,6 +514,53 @@ pub(crate) fn encode_request(
         }
     }
     Some((body, chunked))
+}
+
+/// Where a head's fields are in its bytes: name start and length, value start and length.
+type Spans = [(u32, u32, u32, u32); MAX_HEADERS];
+
+/// Records where `headers` (parsed from bytes starting at address `base`) are; how many.
+fn spans_of(base: usize, headers: &[httparse::Header<'_>], out: &mut Spans) -> usize {
+    let at = |p: *const u8| u32::try_from(p as usize - base).unwrap_or(u32::MAX);
+    let len = |n: usize| u32::try_from(n).unwrap_or(0);
+    for (span, h) in out.iter_mut().zip(headers) {
+        *span = (
+            at(h.name.as_ptr()),
+            len(h.name.len()),
+            at(h.value.as_ptr()),
+            len(h.value.len()),
+        );
+    }
+    headers.len().min(MAX_HEADERS)
+}
+
+/// The fields at `spans` of `head`, values sharing its bytes (no copies).
+fn fields_of(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(n, nl, v, vl) in spans {
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = head
+            .get(n..n + nl)
+            .and_then(|b| HeaderName::from_bytes(b).ok())
+            .ok_or("invalid header name")?;
+        if v + vl > head.len() {
+            return Err("invalid header value");
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Appends `n` in decimal (or hexadecimal) without an allocation.
+fn push_number(out: &mut Vec<u8>, n: u64, hex: bool) {
+    use std::io::Write;
+    let _ = if hex {
+        write!(out, "{n:x}")
+    } else {
+        write!(out, "{n}")
+    };
 }
 
 fn encode_fields(headers: &HeaderMap, out: &mut Vec<u8>) {

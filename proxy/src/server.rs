@@ -99,10 +99,9 @@ pub(crate) struct Activity {
     active: AtomicUsize,
     /// Bytes of a request head arrived while no request was in flight, and it has not begun.
     head_pending: AtomicBool,
-    /// Told to close (our HTTP/1 server's graceful shutdown): now if idle, else after the
-    /// response in flight.
+    /// Told to close after the response in flight (our HTTP/1 server's graceful shutdown;
+    /// an idle connection is closed at once instead).
     shut: AtomicBool,
-    shut_notify: tokio::sync::Notify,
 }
 
 /// Why a connection's timer fired.
@@ -470,25 +469,79 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
             ))
         }
     });
-    // Graceful close, either server.
+    // Graceful close, either server; whether to close at once (our HTTP/1 server between
+    // requests: nothing to finish).
     macro_rules! graceful {
         () => {
             match conn.as_mut().as_pin_mut() {
-                Either::Left(_) => activity.shut(),
-                Either::Right(boxed) => boxed.get_mut().as_mut().graceful_shutdown(),
+                Either::Left(_) if activity.idle_now() => true,
+                Either::Left(_) => {
+                    activity.shut();
+                    false
+                }
+                Either::Right(boxed) => {
+                    boxed.get_mut().as_mut().graceful_shutdown();
+                    false
+                }
             }
         };
     }
-    let mut drain_phase = ctx.phase.clone();
-    let mut hard_stop: Option<Instant> = None;
-    let mut goaway = false;
     let inbound = matches!(ctx.handler, Handler::Proxy { inbound: true, .. });
+    // The connection's own events come first; the control events (phases, timers) are
+    // polled only when one of them woke the task (see `Gate`), not on every request.
+    let gate = Arc::new(Gate::default());
+    let gate_waker = std::task::Waker::from(gate.clone());
+    let mut draining: Option<BoxFuture<()>> =
+        inbound.then(|| Box::pin(wait_for_owned(ctx.phase.clone(), Phase::Draining)) as _);
+    let mut stopping: Option<BoxFuture<()>> =
+        Some(Box::pin(wait_for_owned(ctx.phase.clone(), Phase::Stopping)));
+    let timed = ctx.idle.is_some() || header_timeout.is_some();
+    let mut expiry: Option<BoxFuture<Expired>> = timed.then(|| {
+        let (activity, idle) = (activity.clone(), ctx.idle);
+        Box::pin(async move { activity.expired(idle, header_timeout).await }) as _
+    });
+    let mut hard_stop: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        tokio::select! {
-            res = std::future::poll_fn(|cx| match conn.as_mut().as_pin_mut() {
+        let event = std::future::poll_fn(|cx| {
+            let done = match conn.as_mut().as_pin_mut() {
                 Either::Left(c) => c.poll(cx).map(|()| Ok(())),
                 Either::Right(boxed) => boxed.get_mut().as_mut().poll(cx).map_err(BoxError::from),
-            }) => {
+            };
+            if let Poll::Ready(res) = done {
+                return Poll::Ready(Control::Done(res));
+            }
+            if !gate.open(cx) {
+                return Poll::Pending;
+            }
+            let mut gcx = Context::from_waker(&gate_waker);
+            if let Some(f) = draining.as_mut()
+                && f.as_mut().poll(&mut gcx).is_ready()
+            {
+                draining = None;
+                return Poll::Ready(Control::Draining);
+            }
+            if let Some(f) = stopping.as_mut()
+                && f.as_mut().poll(&mut gcx).is_ready()
+            {
+                stopping = None;
+                return Poll::Ready(Control::Stopping);
+            }
+            if let Some(f) = expiry.as_mut()
+                && let Poll::Ready(expired) = f.as_mut().poll(&mut gcx)
+            {
+                expiry = None;
+                return Poll::Ready(Control::Expired(expired));
+            }
+            if let Some(f) = hard_stop.as_mut()
+                && f.as_mut().poll(&mut gcx).is_ready()
+            {
+                return Poll::Ready(Control::HardStop);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Control::Done(res) => {
                 if let Err(e) = res {
                     count_connection_error(&ctx.metrics, &*e);
                 }
@@ -496,30 +549,93 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
             }
             // Draining inbound HTTP/2: GOAWAY now, so clients open their next streams
             // elsewhere (HTTP/1.1 gets `Connection: close` on its next response instead).
-            () = wait_for(&mut drain_phase, Phase::Draining), if inbound && !goaway && hard_stop.is_none() => {
-                goaway = true;
-                if activity.h2.load(Ordering::Relaxed) {
-                    graceful!();
-                }
-            }
-            () = wait_for(&mut phase, Phase::Stopping), if hard_stop.is_none() => {
-                if !(goaway && activity.h2.load(Ordering::Relaxed)) {
-                    graceful!();
-                }
-                hard_stop = Some(Instant::now() + ctx.grace);
-            }
-            expired = activity.expired(ctx.idle, header_timeout), if hard_stop.is_none() && (ctx.idle.is_some() || header_timeout.is_some()) => {
-                if expired == Expired::Header {
-                    ctx.metrics.downstream_errors.with_label_values(&["header_read_timeout"]).inc();
-                    tracing::debug!(listener = ctx.name, %peer, "request head not received in time; closing");
+            Control::Draining => {
+                if activity.h2.load(Ordering::Relaxed) && graceful!() {
                     break;
                 }
-                graceful!();
-                hard_stop = Some(Instant::now() + ctx.grace);
             }
-            () = sleep_until_opt(hard_stop) => break,
+            Control::Stopping => {
+                // (HTTP/2 already had its GOAWAY when draining.)
+                let goaway_sent = inbound && activity.h2.load(Ordering::Relaxed);
+                if !goaway_sent && graceful!() {
+                    break;
+                }
+                draining = None;
+                expiry = None;
+                hard_stop = Some(Box::pin(tokio::time::sleep(ctx.grace)));
+            }
+            Control::Expired(Expired::Header) => {
+                ctx.metrics
+                    .downstream_errors
+                    .with_label_values(&["header_read_timeout"])
+                    .inc();
+                tracing::debug!(listener = ctx.name, %peer, "request head not received in time; closing");
+                break;
+            }
+            Control::Expired(Expired::Idle) => {
+                if graceful!() {
+                    break;
+                }
+                stopping = None;
+                hard_stop = Some(Box::pin(tokio::time::sleep(ctx.grace)));
+            }
+            Control::HardStop => break,
         }
     }
+}
+
+/// A control future of a connection, boxed (one each per connection, not per request).
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What woke a connection's serving loop.
+enum Control {
+    Done(Result<(), BoxError>),
+    Draining,
+    Stopping,
+    Expired(Expired),
+    HardStop,
+}
+
+/// Lets a task tell its control futures' wake-ups from its connection's: they are polled
+/// with the gate's waker, which marks the gate open and wakes the task.
+struct Gate {
+    fired: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        // Open at first, so that every control future is polled (and registers) once.
+        Gate {
+            fired: AtomicBool::new(true),
+            task: futures_util::task::AtomicWaker::new(),
+        }
+    }
+}
+
+impl Gate {
+    /// Whether a control future woke the task since the last look (registering the task's
+    /// waker first, so that a wake-up in between is not lost).
+    fn open(&self, cx: &Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// [`wait_for`] on a receiver of its own.
+async fn wait_for_owned(mut phase: watch::Receiver<Phase>, want: Phase) {
+    wait_for(&mut phase, want).await;
 }
 
 /// hyper's request body as ours.
@@ -584,27 +700,21 @@ impl Activity {
             active: AtomicUsize::new(0),
             head_pending: AtomicBool::new(false),
             shut: AtomicBool::new(false),
-            shut_notify: tokio::sync::Notify::new(),
         }
     }
 
-    /// Asks the connection to close: at once if idle, else after the response in flight.
+    /// Asks the connection to close after the response in flight.
     pub(crate) fn shut(&self) {
         self.shut.store(true, Ordering::Relaxed);
-        self.shut_notify.notify_waiters();
     }
 
     pub(crate) fn is_shut(&self) -> bool {
         self.shut.load(Ordering::Relaxed)
     }
 
-    /// Resolves once [`Activity::shut`] was called.
-    pub(crate) async fn shut_down(&self) {
-        let notified = self.shut_notify.notified();
-        if self.is_shut() {
-            return;
-        }
-        notified.await;
+    /// No request in flight and none arriving.
+    pub(crate) fn idle_now(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0 && !self.head_pending.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {

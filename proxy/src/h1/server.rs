@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
@@ -23,12 +23,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::{BodyReader, Error, MAX_HEADERS, Wire, encode_fields, has_token};
+use super::{
+    BodyReader, Error, MAX_HEADERS, Spans, Wire, encode_fields, fields_of, has_token, push_number,
+    spans_of,
+};
 use crate::server::{Activity, HttpListener, IdleIo};
 use crate::{Body, BoxError};
 
 type ReadSide = Wire<IdleIo<OwnedReadHalf>>;
 type WriteSide = IdleIo<OwnedWriteHalf>;
+
+/// The buffer a request head is first read into.
+const HEAD_BUFFER: usize = 1024;
 
 /// Where a request body gives the reading side back, with whether it was read whole.
 type Home = Arc<Mutex<Option<(ReadSide, bool)>>>;
@@ -68,8 +74,9 @@ struct RequestBody {
     home: Home,
 }
 
-/// Serves one HTTP/1 connection until the client leaves, an exchange fails, the connection
-/// is told to close ([`Activity::shut`]) between requests, or an exchange says close.
+/// Serves one HTTP/1 connection until the client leaves, an exchange fails or says close,
+/// or the connection was told to close ([`Activity::shut`]) during an exchange. (Told to
+/// close while idle, it is simply dropped.)
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -87,10 +94,8 @@ pub(crate) async fn serve(
         if wire.buf.is_empty() {
             // Between requests: no buffer while waiting.
             wire.buf = BytesMut::new();
-            tokio::select! {
-                biased;
-                () = activity.shut_down() => return,
-                ready = wire.io.get_ref().readable() => if ready.is_err() { return },
+            if wire.io.get_ref().readable().await.is_err() {
+                return;
             }
         }
         let head = match read_head(&mut wire, ctx.max_header_bytes()).await {
@@ -177,6 +182,11 @@ fn lock(home: &Home) -> MutexGuard<'_, Option<(ReadSide, bool)>> {
 
 /// Reads and parses the next request head.
 async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
+    if wire.buf.capacity() == 0 {
+        // Most heads fit in 1 KiB (an allocation from the allocator's per-thread cache); a
+        // bigger one grows the buffer.
+        wire.buf.reserve(HEAD_BUFFER);
+    }
     loop {
         if !wire.buf.is_empty() {
             if let Some(head) = parse_head(&mut wire.buf)? {
@@ -197,7 +207,8 @@ async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
 
 /// The head at the start of `buf`, taken out of it; `None` while incomplete.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
-    let (len, method, path, minor, fields) = {
+    let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, method, path, minor, n) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let status = match req.parse(buf) {
@@ -214,27 +225,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
             .map_err(|_| HeadError::Malformed("invalid method"))?;
         let path = span(req.path.unwrap_or(""));
         let minor = req.version.unwrap_or(1);
-        let fields: Vec<(HeaderName, (usize, usize))> = req
-            .headers
-            .iter()
-            .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| HeadError::Malformed("invalid header name"))?;
-                let at = h.value.as_ptr() as usize - base;
-                Ok((name, (at, h.value.len())))
-            })
-            .collect::<Result<_, HeadError>>()?;
-        (len, method, path, minor, fields)
+        let n = spans_of(base, req.headers, &mut spans);
+        (len, method, path, minor, n)
     };
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, (at, n)) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-            .map_err(|_| HeadError::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let mut headers = fields_of(&head, &spans[..n]).map_err(HeadError::Malformed)?;
     // Both framings: chunked wins, and the length goes (RFC 9112 §6.3), lest the upstream
     // read the body by a length that is not its own (request smuggling).
     let both = headers.contains_key(header::TRANSFER_ENCODING)
@@ -331,7 +328,9 @@ async fn write_response(
     buf.extend_from_slice(b"\r\n");
     encode_fields(&parts.headers, &mut buf);
     if let (Out::Length(n), None) = (out, given_length) {
-        buf.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        buf.extend_from_slice(b"content-length: ");
+        push_number(&mut buf, n, false);
+        buf.extend_from_slice(b"\r\n");
     }
     if out == Chunked {
         buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -388,7 +387,8 @@ async fn write_response(
                 Ok(data) if data.is_empty() => {}
                 Ok(data) => match out {
                     Chunked => {
-                        buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        push_number(&mut buf, data.len() as u64, true);
+                        buf.extend_from_slice(b"\r\n");
                         buf.extend_from_slice(&data);
                         buf.extend_from_slice(b"\r\n");
                     }
