@@ -29,14 +29,18 @@ use crate::Body;
 const MAX_HEAD: usize = 64 * 1024;
 /// Nor have more headers than this.
 const MAX_HEADERS: usize = 128;
-/// How much a read asks for at least.
+/// How much a read asks for at first.
 const READ_CHUNK: usize = 8 * 1024;
+/// How much a read may ask for once reads keep filling the buffer (big bodies).
+const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// The reading side of an HTTP/1.1 connection: the stream and what was read from it.
 pub(crate) struct Wire<R> {
     pub(crate) io: R,
     /// Bytes read and not yet consumed (none between exchanges on a healthy connection).
     pub(crate) buf: BytesMut,
+    /// How much the next read makes room for: doubled while reads fill it.
+    pub(crate) chunk: usize,
 }
 
 /// One upstream HTTP/1.1 connection, between exchanges or in one.
@@ -99,13 +103,6 @@ pub(crate) struct BodyReader {
 // === impl Conn ===
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream) -> Self {
-        Wire {
-            io,
-            buf: BytesMut::new(),
-        }
-    }
-
     /// Open and quiet: nothing (no end, no stray bytes) arrived while it was idle. Costs a
     /// system call only when the socket became readable meanwhile.
     pub(crate) fn usable(&mut self) -> bool {
@@ -164,7 +161,10 @@ impl Conn {
                     Ok(data) if chunked => {
                         push_number(&mut out, data.len() as u64, true);
                         out.extend_from_slice(b"\r\n");
-                        out.extend_from_slice(&data);
+                        write_all_two(&mut self.io, &out, &data)
+                            .await
+                            .map_err(written)?;
+                        out.clear();
                         out.extend_from_slice(b"\r\n");
                         self.io.write_all(&out).await.map_err(written)?;
                     }
@@ -195,6 +195,9 @@ impl Conn {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&self.buf)? {
+                    httparse::Status::Complete(len) if len > MAX_HEAD => {
+                        return Err(Error::Invalid("response head too large"));
+                    }
                     httparse::Status::Complete(len) => {
                         let base = self.buf.as_ptr() as usize;
                         let code = resp.code.unwrap_or(0);
@@ -245,6 +248,24 @@ impl Conn {
 
 // === impl Wire ===
 
+impl<R> Wire<R> {
+    pub(crate) fn new(io: R) -> Self {
+        Wire {
+            io,
+            buf: BytesMut::new(),
+            chunk: READ_CHUNK,
+        }
+    }
+
+    /// Between exchanges: lets go of a buffer grown by a big body.
+    pub(crate) fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > READ_CHUNK {
+            self.buf = BytesMut::new();
+            self.chunk = READ_CHUNK;
+        }
+    }
+}
+
 impl<R: AsyncRead + Unpin> Wire<R> {
     /// Reads more into the buffer; false at the end of the stream.
     async fn read_more(&mut self) -> Result<bool, Error> {
@@ -255,14 +276,19 @@ impl<R: AsyncRead + Unpin> Wire<R> {
         // Room for a read: what is there when it is more than a sliver (a request head's
         // small buffer), else a chunk.
         if self.buf.capacity() - self.buf.len() < 256 {
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(self.chunk);
         }
+        let room = self.buf.capacity() - self.buf.len();
         let n = std::task::ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
             cx,
             &mut self.buf
         ))
         .map_err(Error::Read)?;
+        if n == room && self.chunk < MAX_READ_CHUNK {
+            // The read filled all the room there was: more is coming (a big body).
+            self.chunk *= 2;
+        }
         Poll::Ready(Ok(n > 0))
     }
 
@@ -551,6 +577,26 @@ fn fields_of(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, 
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+/// Writes `first` then `second` (a head and a body part) without joining them: one system
+/// call when the socket takes both.
+pub(crate) async fn write_all_two<W: tokio::io::AsyncWrite + Unpin>(
+    io: &mut W,
+    first: &[u8],
+    second: &[u8],
+) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+    let mut bufs = &mut slices[..];
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 /// Appends `n` in decimal (or hexadecimal) without an allocation.

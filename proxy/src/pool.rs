@@ -492,7 +492,8 @@ impl Drop for Lease {
         if let Some(state) = &self.state {
             state.release(now_ms);
         }
-        if let (Some(conn), true) = (self.h1.take(), self.complete) {
+        if let (Some(mut conn), true) = (self.h1.take(), self.complete) {
+            conn.shrink();
             let pool = &self.endpoint.pool;
             let conn = H1Conn {
                 conn,

@@ -25,13 +25,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{
     BodyReader, Error, MAX_HEADERS, Spans, Wire, encode_fields, fields_of, has_token, push_number,
-    spans_of,
+    spans_of, write_all_two,
 };
 use crate::server::{Activity, HttpListener, IdleIo};
 use crate::{Body, BoxError};
 
 type ReadSide = Wire<IdleIo<OwnedReadHalf>>;
 type WriteSide = IdleIo<OwnedWriteHalf>;
+
+/// A body part at least this big is written from where it is, not copied into the buffer.
+const BIG_PART: usize = 8 * 1024;
 
 /// The buffer a request head is first read into.
 const HEAD_BUFFER: usize = 1024;
@@ -86,10 +89,7 @@ pub(crate) async fn serve(
     let (rd, wr) = stream.into_split();
     let mut wr = IdleIo::new(wr, activity.clone(), ctx.bytes.clone());
     let home: Home = Arc::new(Mutex::new(None));
-    let mut wire = Wire {
-        io: IdleIo::new(rd, activity.clone(), ctx.bytes.clone()),
-        buf: BytesMut::new(),
-    };
+    let mut wire = Wire::new(IdleIo::new(rd, activity.clone(), ctx.bytes.clone()));
     loop {
         if wire.buf.is_empty() {
             // Between requests: no buffer while waiting.
@@ -189,7 +189,7 @@ async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
     }
     loop {
         if !wire.buf.is_empty() {
-            if let Some(head) = parse_head(&mut wire.buf)? {
+            if let Some(head) = parse_head(&mut wire.buf, max)? {
                 return Ok(head);
             }
             if wire.buf.len() >= max {
@@ -205,8 +205,9 @@ async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
     }
 }
 
-/// The head at the start of `buf`, taken out of it; `None` while incomplete.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+/// The head at the start of `buf` (at most `max` bytes), taken out of it; `None` while
+/// incomplete.
+fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError> {
     let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, method, path, minor, n) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -219,6 +220,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         let httparse::Status::Complete(len) = status else {
             return Ok(None);
         };
+        // Whole, but bigger than allowed (a read may bring more than the limit at once).
+        if len > max {
+            return Err(HeadError::TooLarge);
+        }
         let base = buf.as_ptr() as usize;
         let span = |s: &str| (s.as_ptr() as usize - base, s.len());
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
@@ -385,24 +390,31 @@ async fn write_response(
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
-                Ok(data) => match out {
-                    Chunked => {
+                Ok(data) => {
+                    if out == Chunked {
                         push_number(&mut buf, data.len() as u64, true);
                         buf.extend_from_slice(b"\r\n");
-                        buf.extend_from_slice(&data);
-                        buf.extend_from_slice(b"\r\n");
                     }
-                    _ => {
-                        let n = (data.len() as u64).min(left);
-                        left -= n;
-                        buf.extend_from_slice(&data[..n as usize]);
-                        if n < data.len() as u64 {
-                            // More than the length said: the rest cannot be sent.
-                            let _ = wr.write_all(&buf).await;
+                    let n = (data.len() as u64).min(left);
+                    left -= n;
+                    let part = &data[..n as usize];
+                    if part.len() < BIG_PART {
+                        buf.extend_from_slice(part);
+                    } else {
+                        // A big part goes as it is, after what is pending (no copy).
+                        if write_all_two(wr, &buf, part).await.is_err() {
                             return false;
                         }
+                        buf.clear();
                     }
-                },
+                    if out == Chunked {
+                        buf.extend_from_slice(b"\r\n");
+                    } else if n < data.len() as u64 {
+                        // More than the length said: the rest cannot be sent.
+                        let _ = wr.write_all(&buf).await;
+                        return false;
+                    }
+                }
                 Err(frame) => {
                     if let (Ok(trailers), Chunked) = (frame.into_trailers(), out) {
                         buf.extend_from_slice(b"0\r\n");
@@ -480,7 +492,7 @@ async fn splice(wire: ReadSide, mut wr: WriteSide, resp: Response<Body>) {
     if wr.write_all(&head).await.is_err() {
         return;
     }
-    let Wire { io: rd, buf } = wire;
+    let Wire { io: rd, buf, .. } = wire;
     if !buf.is_empty() && up.write_all(&buf).await.is_err() {
         return;
     }
