@@ -26,22 +26,33 @@ async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// An `orders` app behind a sidecar, and a raw connection to the sidecar's HTTP listener.
+async fn orders_connection() -> (Upstream, Proxy, TcpStream) {
+    let up = Upstream::start("orders").await;
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    let s = TcpStream::connect(proxy.http).await.unwrap();
+    (up, proxy, s)
+}
+
+/// Writes `bytes` to `s`.
+async fn send(s: &mut TcpStream, bytes: &[u8]) {
+    s.write_all(bytes).await.unwrap();
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let up = Upstream::start("orders").await;
-    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
-    let mut s = TcpStream::connect(proxy.http).await.unwrap();
-    s.write_all(
+    let (_up, _proxy, mut s) = orders_connection().await;
+    send(
+        &mut s,
         b"GET http://orders:8080/a HTTP/1.1\r\nhost: orders:8080\r\n\r\n\
           POST http://orders:8080/b HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 3\r\n\r\nabc\
           GET http://orders:8080/c HTTP/1.1\r\nhost: orders:8080\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     let out = read_until(&mut s, |o| count(o, "orders") >= 3 * 2).await;
     assert_eq!(count(&out, "HTTP/1.1 200 OK"), 3, "{out}");
     let lens: Vec<_> = out
@@ -62,9 +73,11 @@ async fn http_1_0_clients_get_their_answer_and_a_close_unless_they_keep_alive() 
     let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     // Plain HTTP/1.0: answered, then closed.
     let mut s = TcpStream::connect(proxy.http).await.unwrap();
-    s.write_all(b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\n\r\n")
-        .await
-        .unwrap();
+    send(
+        &mut s,
+        b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\n\r\n",
+    )
+    .await;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await
@@ -76,11 +89,7 @@ async fn http_1_0_clients_get_their_answer_and_a_close_unless_they_keep_alive() 
     // HTTP/1.0 with keep-alive: the connection carries a second request.
     let mut s = TcpStream::connect(proxy.http).await.unwrap();
     for _ in 0..2 {
-        s.write_all(
-            b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\nconnection: keep-alive\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        send(&mut s, b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\nconnection: keep-alive\r\n\r\n").await;
         let out = read_until(&mut s, |o| o.ends_with("orders")).await;
         assert!(out.contains("connection: keep-alive\r\n"), "{out}");
     }
@@ -88,17 +97,11 @@ async fn http_1_0_clients_get_their_answer_and_a_close_unless_they_keep_alive() 
 
 #[tokio::test]
 async fn expect_100_continue_gets_a_continue_then_the_answer() {
-    let up = Upstream::start("orders").await;
-    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
-    let mut s = TcpStream::connect(proxy.http).await.unwrap();
-    s.write_all(
-        b"PUT http://orders:8080/x HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let (_up, _proxy, mut s) = orders_connection().await;
+    send(&mut s, b"PUT http://orders:8080/x HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n").await;
     let interim = read_until(&mut s, |o| o.ends_with("\r\n\r\n")).await;
     assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
-    s.write_all(b"hello").await.unwrap();
+    send(&mut s, b"hello").await;
     let out = read_until(&mut s, |o| o.ends_with("orders")).await;
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.contains("x-body-len: 5\r\n"), "{out}");
@@ -106,17 +109,19 @@ async fn expect_100_continue_gets_a_continue_then_the_answer() {
 
 #[tokio::test]
 async fn a_head_answer_has_no_body_and_the_connection_goes_on() {
-    let up = Upstream::start("orders").await;
-    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
-    let mut s = TcpStream::connect(proxy.http).await.unwrap();
-    s.write_all(b"HEAD http://orders:8080/ HTTP/1.1\r\nhost: orders:8080\r\n\r\n")
-        .await
-        .unwrap();
+    let (_up, _proxy, mut s) = orders_connection().await;
+    send(
+        &mut s,
+        b"HEAD http://orders:8080/ HTTP/1.1\r\nhost: orders:8080\r\n\r\n",
+    )
+    .await;
     let head = read_until(&mut s, |o| o.ends_with("\r\n\r\n")).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    s.write_all(b"GET http://orders:8080/ HTTP/1.1\r\nhost: orders:8080\r\n\r\n")
-        .await
-        .unwrap();
+    send(
+        &mut s,
+        b"GET http://orders:8080/ HTTP/1.1\r\nhost: orders:8080\r\n\r\n",
+    )
+    .await;
     let out = read_until(&mut s, |o| o.ends_with("orders")).await;
     assert!(
         out.starts_with("HTTP/1.1 200 OK\r\n"),
@@ -126,16 +131,14 @@ async fn a_head_answer_has_no_body_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn a_request_with_both_framings_is_read_chunked_and_loses_its_length() {
-    let up = Upstream::start("orders").await;
-    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
-    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    let (_up, _proxy, mut s) = orders_connection().await;
     // The length (3) is not the body's (11 bytes, chunked): the upstream must see 11.
-    s.write_all(
+    send(
+        &mut s,
         b"POST http://orders:8080/x HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 3\r\n\
           transfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     let out = read_until(&mut s, |o| o.ends_with("orders")).await;
     assert!(out.contains("x-body-len: 11\r\n"), "{out}");
     assert!(
