@@ -169,6 +169,10 @@ pub(crate) async fn serve(
         let close = !keep_alive || !whole || activity.is_shut() || says_close(resp.headers());
         let written = write_response(&mut wr, resp, version, head_request, close).await;
         drop(guard);
+        if written && !whole {
+            // Answered without reading the whole request body.
+            return linger(&mut wire, &mut wr).await;
+        }
         if !written || close {
             let _ = wr.shutdown().await;
             return;
@@ -460,6 +464,14 @@ async fn refuse(mut wire: ReadSide, mut wr: WriteSide, status: StatusCode, text:
     if wr.write_all(resp.as_bytes()).await.is_err() {
         return;
     }
+    linger(&mut wire, &mut wr).await;
+}
+
+/// Closes our side, then reads on a little (at most 1 MiB, 1 s), as nginx's lingering close
+/// does: closing with bytes the client sent still unread resets the connection, and a client
+/// stack may drop the answer it was just sent (a 404 or 503 for a request whose body was
+/// never read, say) when the reset arrives before it read it.
+async fn linger(wire: &mut ReadSide, wr: &mut WriteSide) {
     let _ = wr.shutdown().await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -146,3 +146,31 @@ async fn a_request_with_both_framings_is_read_chunked_and_loses_its_length() {
         "a request framed both ways does not keep its connection: {out}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_request_with_a_big_body_still_gets_its_answer() {
+    let (_up, _proxy, mut s) = orders_connection().await;
+    // No such service: answered 404 before the body is read, and the connection closed
+    // while the client is still sending; it reads its answer all the same.
+    let body = vec![b'x'; 512 * 1024];
+    let head = format!(
+        "POST http://nowhere:8080/x HTTP/1.1\r\nhost: nowhere:8080\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+    };
+    let read = async {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let ((), out) = tokio::join!(write, read);
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(
+        out.contains("nowhere:8080"),
+        "the answer names the host: {out}"
+    );
+}
