@@ -489,18 +489,11 @@ fn request_authority(req: &Request<Body>) -> Option<&str> {
 }
 
 fn is_upgrade(req: &Request<Body>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+    crate::h1::wants_upgrade(req.version(), req.headers())
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    crate::h1::has_token(headers, header::CONNECTION, token)
 }
 
 fn is_grpc_request(headers: &HeaderMap) -> bool {

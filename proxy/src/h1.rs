@@ -122,18 +122,21 @@ impl Conn {
 
     /// Writes `head` (the request head, with the whole body when it was small and ready)
     /// and then streams what is left of the body (taken only once the head is out, so that a
-    /// request whose head could not be written can go on another connection whole).
+    /// request whose head could not be written can go on another connection whole). False
+    /// when the upstream answered before the body was all sent (then the connection cannot
+    /// carry another request: pass that to [`Conn::read_head`]).
     pub(crate) async fn write_request(
         &mut self,
         head: &[u8],
         body: &mut Option<(Body, bool)>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         self.io.write_all(head).await.map_err(Error::Write)?;
         let Some((mut body, chunked)) = body.take() else {
-            return Ok(());
+            return Ok(true);
         };
         // From here on the upstream has seen the request: failures are not `unsent`.
         let written = Error::WriteBody;
+        // Framing bytes not yet written (a chunk's CRLF goes with the next chunk's size line).
         let mut out = Vec::new();
         let mut probe = [0u8; 1];
         loop {
@@ -143,39 +146,35 @@ impl Conn {
                 biased;
                 seen = self.io.peek(&mut probe) => {
                     seen.map_err(Error::Read)?;
-                    return Ok(());
+                    return Ok(false);
                 }
                 frame = body.frame() => frame,
             };
-            out.clear();
             match frame {
                 None => {
                     if chunked {
-                        self.io.write_all(b"0\r\n\r\n").await.map_err(written)?;
+                        last_chunk(&mut out, None);
+                        self.io.write_all(&out).await.map_err(written)?;
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Some(Err(e)) => return Err(Error::RequestBody(e)),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) if chunked => {
-                        push_number(&mut out, data.len() as u64, true);
-                        out.extend_from_slice(b"\r\n");
+                        chunk_start(&mut out, data.len());
                         write_all_two(&mut self.io, &out, &data)
                             .await
                             .map_err(written)?;
                         out.clear();
                         out.extend_from_slice(b"\r\n");
-                        self.io.write_all(&out).await.map_err(written)?;
                     }
                     Ok(data) => self.io.write_all(&data).await.map_err(written)?,
                     Err(frame) => {
                         if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
-                            out.extend_from_slice(b"0\r\n");
-                            encode_fields(&trailers, &mut out);
-                            out.extend_from_slice(b"\r\n");
+                            last_chunk(&mut out, Some(&trailers));
                             self.io.write_all(&out).await.map_err(written)?;
-                            return Ok(());
+                            return Ok(true);
                         }
                     }
                 },
@@ -184,10 +183,12 @@ impl Conn {
     }
 
     /// Reads the response head (skipping interim 1xx ones but 101); the response and how to
-    /// read its body.
+    /// read its body. `request_whole`: the request went out whole (else the connection is not
+    /// reused).
     pub(crate) async fn read_head(
         &mut self,
         method: &Method,
+        request_whole: bool,
     ) -> Result<(Response<()>, BodyReader), Error> {
         let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
         loop {
@@ -225,13 +226,9 @@ impl Conn {
                 continue;
             }
             let mut headers = fields_of(&head, &spans[..n]).map_err(Error::Invalid)?;
+            let both = drop_length_if_chunked(&mut headers);
             let mut reader = BodyReader::for_response(method, status, minor, &headers)?;
-            if headers.contains_key(header::TRANSFER_ENCODING)
-                && headers.remove(header::CONTENT_LENGTH).is_some()
-            {
-                // Both framings: the body is read chunked, and the length (not its own) goes.
-                reader.reusable = false;
-            }
+            reader.reusable &= !both && request_whole;
             let mut resp = Response::new(());
             *resp.status_mut() = status;
             *resp.version_mut() = Version::HTTP_11;
@@ -439,13 +436,7 @@ impl BodyReader {
         minor: u8,
         headers: &HeaderMap,
     ) -> Result<Self, Error> {
-        let keep_alive = minor == 1 && !has_token(headers, header::CONNECTION, "close")
-            || minor == 0 && has_token(headers, header::CONNECTION, "keep-alive");
-        let no_body = *method == Method::HEAD
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let framing = if no_body {
+        let framing = if bodiless(*method == Method::HEAD, status) {
             Framing::Done
         } else if headers.contains_key(header::TRANSFER_ENCODING) {
             if !last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
@@ -463,7 +454,7 @@ impl BodyReader {
             Framing::UntilClose
         };
         Ok(BodyReader {
-            reusable: keep_alive
+            reusable: keeps_alive(minor, headers)
                 && framing != Framing::UntilClose
                 && status != StatusCode::SWITCHING_PROTOCOLS,
             framing,
@@ -540,6 +531,53 @@ pub(crate) fn encode_request(
         }
     }
     Some((body, chunked))
+}
+
+/// A message with no body whatever its headers say: the answer to a HEAD, 1xx, 204, 304.
+fn bodiless(head_request: bool, status: StatusCode) -> bool {
+    head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether the sender of a message of HTTP/1.`minor` lets the connection live on.
+fn keeps_alive(minor: u8, headers: &HeaderMap) -> bool {
+    if minor == 0 {
+        has_token(headers, header::CONNECTION, "keep-alive")
+    } else {
+        !has_token(headers, header::CONNECTION, "close")
+    }
+}
+
+/// A message framed both ways: chunked wins and the length, not the body's own, goes
+/// (RFC 9112 §6.3; else the next hop could read the body by it — request smuggling). Whether
+/// it was so (the connection should not carry another message).
+fn drop_length_if_chunked(headers: &mut HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some()
+}
+
+/// An HTTP/1.1 request asking to switch protocols (`Upgrade` named in `Connection`).
+pub(crate) fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+/// Appends a chunk's size line.
+fn chunk_start(out: &mut Vec<u8>, len: usize) {
+    push_number(out, len as u64, true);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk, with its trailers when there are any.
+fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    if let Some(trailers) = trailers {
+        encode_fields(trailers, out);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Where a head's fields are in its bytes: name start and length, value start and length.
@@ -627,7 +665,7 @@ fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 

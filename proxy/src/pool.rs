@@ -199,11 +199,11 @@ impl Connector {
                 Some(conn) => (conn, true),
                 None => {
                     self.start_reaper();
-                    (self.connect_h1(endpoint).await?, false)
+                    (h1::Conn::new(self.stream(endpoint).await?), false)
                 }
             };
-            match conn.write_request(&head, &mut rest).await {
-                Ok(()) => {}
+            let whole = match conn.write_request(&head, &mut rest).await {
+                Ok(whole) => whole,
                 // The pooled connection failed before the request went out: another one.
                 Err(e) if e.unsent() && pooled => {
                     tracing::trace!(endpoint = %endpoint.addr, error = %e, "pooled connection closed; reconnecting");
@@ -211,9 +211,9 @@ impl Connector {
                 }
                 Err(e) if e.unsent() => return Err(SendError::Unsent(e)),
                 Err(e) => return Err(SendError::Exchange(e)),
-            }
+            };
             let (resp, reader) = conn
-                .read_head(&parts.method)
+                .read_head(&parts.method, whole)
                 .await
                 .map_err(SendError::Exchange)?;
             let lease = self.lease(endpoint, None, Some(conn));
@@ -270,10 +270,6 @@ impl Connector {
         }
     }
 
-    async fn tcp(&self, endpoint: &Endpoint) -> Result<TokioIo<TcpStream>, SendError> {
-        Ok(TokioIo::new(self.stream(endpoint).await?))
-    }
-
     async fn stream(&self, endpoint: &Endpoint) -> Result<TcpStream, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.addr))
             .await
@@ -284,12 +280,8 @@ impl Connector {
         Ok(stream)
     }
 
-    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<h1::Conn, SendError> {
-        Ok(h1::Conn::new(self.stream(endpoint).await?))
-    }
-
     async fn connect_h2(&self, endpoint: &Endpoint) -> Result<H2Conn, SendError> {
-        let io = self.tcp(endpoint).await?;
+        let io = TokioIo::new(self.stream(endpoint).await?);
         let (tx, conn) = self.h2.handshake(io).await.map_err(SendError::Handshake)?;
         let state = Arc::new(ConnState::idle(self.millis(Instant::now())));
         self.drive(conn, state.clone(), endpoint.addr);

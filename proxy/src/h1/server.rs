@@ -24,8 +24,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{
-    BodyReader, Error, MAX_HEADERS, Spans, Wire, encode_fields, fields_of, has_token, push_number,
-    spans_of, write_all_two,
+    BodyReader, Error, MAX_HEADERS, Spans, Wire, bodiless, chunk_start, drop_length_if_chunked,
+    encode_fields, fields_of, has_token, keeps_alive, last_chunk, push_number, spans_of,
+    wants_upgrade, write_all_two,
 };
 use crate::server::{Activity, HttpListener, IdleIo};
 use crate::{Body, BoxError};
@@ -148,6 +149,8 @@ pub(crate) async fn serve(
         if upgrade {
             req.extensions_mut().insert(SplicedHere);
         }
+        // Boxed: held inline, the request's future (~3 KiB) would be room in every idle
+        // connection's task.
         let resp = Box::pin(ctx.handle(req, peer)).await;
         let mut whole = true;
         wire = match wire_slot {
@@ -241,10 +244,7 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError>
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let mut headers = fields_of(&head, &spans[..n]).map_err(HeadError::Malformed)?;
-    // Both framings: chunked wins, and the length goes (RFC 9112 §6.3), lest the upstream
-    // read the body by a length that is not its own (request smuggling).
-    let both = headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.remove(header::CONTENT_LENGTH).is_some();
+    let both = drop_length_if_chunked(&mut headers);
     let body = BodyReader::for_request(&headers).map_err(|e| match e {
         Error::Invalid(what) => HeadError::Malformed(what),
         _ => HeadError::Malformed("invalid body framing"),
@@ -254,12 +254,7 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError>
     } else {
         Version::HTTP_11
     };
-    let keep_alive = !both
-        && if minor == 0 {
-            has_token(&headers, header::CONNECTION, "keep-alive")
-        } else {
-            !has_token(&headers, header::CONNECTION, "close")
-        };
+    let keep_alive = !both && keeps_alive(minor, &headers);
     let expect_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -267,9 +262,7 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError>
         // Answered here; the upstream gets the body without waiting.
         headers.remove(header::EXPECT);
     }
-    let upgrade = minor == 1
-        && headers.contains_key(header::UPGRADE)
-        && has_token(&headers, header::CONNECTION, "upgrade");
+    let upgrade = wants_upgrade(version, &headers);
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -309,10 +302,7 @@ async fn write_response(
     use Out::Chunked;
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    let no_body = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_body = bodiless(head_request, status);
     let given_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -382,7 +372,7 @@ async fn write_response(
         match frame {
             None => {
                 if out == Chunked {
-                    buf.extend_from_slice(b"0\r\n\r\n");
+                    last_chunk(&mut buf, None);
                 }
                 let complete = !matches!(out, Out::Length(_)) || left == 0;
                 return wr.write_all(&buf).await.is_ok() && complete;
@@ -396,8 +386,7 @@ async fn write_response(
                 Ok(data) if data.is_empty() => {}
                 Ok(data) => {
                     if out == Chunked {
-                        push_number(&mut buf, data.len() as u64, true);
-                        buf.extend_from_slice(b"\r\n");
+                        chunk_start(&mut buf, data.len());
                     }
                     let n = (data.len() as u64).min(left);
                     left -= n;
@@ -421,9 +410,7 @@ async fn write_response(
                 }
                 Err(frame) => {
                     if let (Ok(trailers), Chunked) = (frame.into_trailers(), out) {
-                        buf.extend_from_slice(b"0\r\n");
-                        encode_fields(&trailers, &mut buf);
-                        buf.extend_from_slice(b"\r\n");
+                        last_chunk(&mut buf, Some(&trailers));
                         return wr.write_all(&buf).await.is_ok();
                     }
                 }

@@ -57,8 +57,8 @@ async fn a_content_length_response_leaves_the_connection_reusable() {
     let mut head = Vec::new();
     let mut rest = encode_request(&parts, empty(), &mut head);
     assert!(rest.is_none());
-    conn.write_request(&head, &mut rest).await.unwrap();
-    let (resp, mut reader) = conn.read_head(&Method::GET).await.unwrap();
+    assert!(conn.write_request(&head, &mut rest).await.unwrap());
+    let (resp, mut reader) = conn.read_head(&Method::GET, true).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let values: Vec<_> = resp.headers().get_all("x-a").iter().collect();
     assert_eq!(values, ["1", "2"]);
@@ -85,8 +85,8 @@ async fn chunked_responses_keep_their_trailers_and_skip_interim_ones() {
     .await;
     let mut head = Vec::new();
     let mut rest = encode_request(&get("/"), empty(), &mut head);
-    conn.write_request(&head, &mut rest).await.unwrap();
-    let (resp, mut reader) = conn.read_head(&Method::GET).await.unwrap();
+    assert!(conn.write_request(&head, &mut rest).await.unwrap());
+    let (resp, mut reader) = conn.read_head(&Method::GET, true).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let (data, trailers) = read_all(&mut conn, &mut reader).await;
     assert_eq!(data, b"hello!");
@@ -109,8 +109,8 @@ async fn a_response_without_length_is_read_until_close_and_not_reused() {
     let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let mut head = Vec::new();
     let mut rest = encode_request(&get("/"), empty(), &mut head);
-    conn.write_request(&head, &mut rest).await.unwrap();
-    let (_, mut reader) = conn.read_head(&Method::GET).await.unwrap();
+    assert!(conn.write_request(&head, &mut rest).await.unwrap());
+    let (_, mut reader) = conn.read_head(&Method::GET, true).await.unwrap();
     let (data, _) = read_all(&mut conn, &mut reader).await;
     assert_eq!(data, b"all of it");
     assert!(reader.is_done() && !reader.leaves_reusable());
@@ -126,8 +126,8 @@ async fn head_and_no_content_answers_have_no_body_and_closing_ones_are_not_reuse
         .headers
         .insert(header::HOST, HeaderValue::from_static("o"));
     let mut rest = encode_request(&parts, empty(), &mut head);
-    conn.write_request(&head, &mut rest).await.unwrap();
-    let (resp, reader) = conn.read_head(&Method::HEAD).await.unwrap();
+    assert!(conn.write_request(&head, &mut rest).await.unwrap());
+    let (resp, reader) = conn.read_head(&Method::HEAD, true).await.unwrap();
     assert_eq!(resp.headers()["content-length"], "99");
     assert!(reader.is_done(), "a HEAD answer has no body");
     assert!(!reader.leaves_reusable(), "the upstream said close");
@@ -169,16 +169,16 @@ async fn a_closed_connection_is_not_usable_and_bad_heads_are_errors() {
     let (mut conn, upstream) = exchange(b"HTTP/1.1 2x0 OK\r\n\r\n").await;
     let mut head = Vec::new();
     let mut rest = encode_request(&get("/"), empty(), &mut head);
-    conn.write_request(&head, &mut rest).await.unwrap();
+    assert!(conn.write_request(&head, &mut rest).await.unwrap());
     assert!(matches!(
-        conn.read_head(&Method::GET).await,
+        conn.read_head(&Method::GET, true).await,
         Err(Error::Parse(_))
     ));
     upstream.abort();
     let (mut conn, upstream) = exchange(b"").await;
     let mut head = Vec::new();
     let mut rest = encode_request(&get("/"), empty(), &mut head);
-    conn.write_request(&head, &mut rest).await.unwrap();
+    assert!(conn.write_request(&head, &mut rest).await.unwrap());
     upstream.abort();
     let _ = upstream.await;
     // The upstream is gone: the end shows once the socket says so.
@@ -188,7 +188,36 @@ async fn a_closed_connection_is_not_usable_and_bad_heads_are_errors() {
         tokio::task::yield_now().await;
     }
     assert!(matches!(
-        conn.read_head(&Method::GET).await,
+        conn.read_head(&Method::GET, true).await,
         Err(Error::ClosedBeforeHead | Error::Read(_))
     ));
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_body_stops_the_upload_and_the_reuse() {
+    // The upstream answers 413 on the head alone, without reading the body.
+    let (mut conn, _upstream) =
+        exchange(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n").await;
+    let (parts, ()) = http::Request::post("/upload")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::BoxError>>(1);
+    let stream = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed();
+    let mut head = Vec::new();
+    let mut rest = encode_request(&parts, stream, &mut head);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+        .await
+        .unwrap();
+    // The body never ends: only the upstream's answer ends the upload.
+    let whole = conn.write_request(&head, &mut rest).await.unwrap();
+    assert!(!whole, "the upload stopped at the answer");
+    let (resp, reader) = conn.read_head(&Method::POST, whole).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reader.is_done());
+    assert!(
+        !reader.leaves_reusable(),
+        "a connection with half a request body on it is not reused"
+    );
+    drop(tx);
 }
