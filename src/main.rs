@@ -407,7 +407,12 @@ fn main() -> ExitCode {
         },
         Command::Registry(args) => block_on(2, registry(args)),
         Command::Proxy(args) => block_on(1, proxy(args)),
-        Command::Logrouter(args) => block_on(2, logrouter(args)),
+        Command::Logrouter(args) => {
+            // Before the runtime allocates; a process setting, so only where the log router
+            // is the process (the runner's children would inherit it).
+            skiff_logrouter::no_transparent_huge_pages();
+            block_on(2, logrouter(args))
+        }
         Command::Loadtest(args) => block_on(2, async {
             skiff_loadtest::loadtest_main(args)
                 .await

@@ -115,8 +115,7 @@ impl Pipeline {
                 add.push((k.as_str(), v.as_str()));
             }
         }
-        let extra: usize = add.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-        let out = spares.take(entries.len() + extra.saturating_mul(count as usize));
+        let out = spares.take(enriched_len(&entries, count, &add));
         let enriched = enrich_counted(&entries, count, &add, out)?;
         spares.give_bytes(entries);
         Ok(Processed {
@@ -133,6 +132,12 @@ pub fn enrich(entries: &[u8], add: &[(&str, &str)]) -> Result<Vec<u8>, MpError> 
     enrich_counted(entries, count, add, Vec::new())
 }
 
+/// What `count` entries take once `add` is added to each (at most).
+fn enriched_len(entries: &[u8], count: u32, add: &[(&str, &str)]) -> usize {
+    let extra: usize = add.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    entries.len() + extra.saturating_mul(count as usize)
+}
+
 /// `enrich` for `count` entries into `out`: reserves what the result needs, not a guess per byte.
 fn enrich_counted(
     entries: &[u8],
@@ -140,9 +145,8 @@ fn enrich_counted(
     add: &[(&str, &str)],
     mut out: Vec<u8>,
 ) -> Result<Vec<u8>, MpError> {
-    let extra: usize = add.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
     out.clear();
-    out.reserve(entries.len() + extra.saturating_mul(count as usize));
+    out.reserve(enriched_len(entries, count, add));
     let mut r = Reader::new(entries);
     let mut missing: Vec<bool> = vec![true; add.len()];
     while !r.is_empty() {

@@ -62,8 +62,11 @@ impl LogRouterHandle {
     }
 }
 
-/// Opts the process out of transparent huge pages ([`LogRouter::start`] does; a binary that
-/// runs the router should call it first thing, before its runtime allocates).
+/// Opts the process out of transparent huge pages: a binary whose process is the router
+/// (`skiff logrouter`) calls it first thing, before its runtime allocates. Not
+/// [`LogRouter::start`]: the setting is the whole process's and its children inherit it
+/// across exec — the runner, which hosts routers in its own process, would pass it on to
+/// every task it starts.
 ///
 /// Why: where the kernel backs heaps with huge pages (THP `always`, or an allocator that asks
 /// for them, as mimalloc does), every 2 MiB region a thread touches once becomes resident
@@ -87,7 +90,6 @@ impl LogRouter {
         registry: &prometheus::Registry,
     ) -> Result<LogRouter, LogRouterError> {
         let metrics = Metrics::register(registry)?;
-        no_transparent_huge_pages();
         let (dir, durable, scratch) = match &cfg.service.storage_path {
             Some(p) => (p.clone(), true, None),
             None => {

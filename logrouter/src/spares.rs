@@ -79,10 +79,12 @@ impl Spares {
     }
 
     /// [`Spares::give`] of the memory under `b` when nothing else shares it.
-    pub fn give_bytes(&self, b: Bytes) {
+    pub fn give_bytes(&self, mut b: Bytes) {
         if b.is_unique() {
-            // the conversion moves the bytes to the front of their memory (it never copies
-            // them elsewhere when unique); the memory is what is wanted
+            // Only the memory is wanted. The conversion moves the bytes left to the front of
+            // their memory: cut them to one first, so that it moves one byte, not a frame.
+            // (Not to none: an empty `Bytes` lets its memory go.)
+            b.truncate(1);
             self.give(Vec::from(b));
         }
     }

@@ -432,7 +432,7 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
     let sniffed = match sniffed {
         Ok(Some(s)) => s,
         Ok(None) => return,
-        Err(e) => return count_connection_error(&ctx.metrics, &e),
+        Err(e) => return count_connection_error(ctx, &e),
     };
     // Only HTTP/1.1 has request heads to time; HTTP/2 clients may idle between frames.
     let header_timeout = (sniffed == Sniffed::Http1).then_some(ctx.header_read_timeout);
@@ -543,7 +543,7 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
         match event {
             Control::Done(res) => {
                 if let Err(e) = res {
-                    count_connection_error(&ctx.metrics, &*e);
+                    count_connection_error(ctx, &*e);
                 }
                 break;
             }
@@ -565,11 +565,7 @@ async fn serve_sniffed(stream: TcpStream, peer: SocketAddr, ctx: &Arc<HttpListen
                 hard_stop = Some(Box::pin(tokio::time::sleep(ctx.grace)));
             }
             Control::Expired(Expired::Header) => {
-                ctx.metrics
-                    .downstream_errors
-                    .with_label_values(&["header_read_timeout"])
-                    .inc();
-                tracing::debug!(listener = ctx.name, %peer, "request head not received in time; closing");
+                ctx.count_error("header_read_timeout");
                 break;
             }
             Control::Expired(Expired::Idle) => {
@@ -660,7 +656,8 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
     let _ = stream.shutdown().await;
 }
 
-fn count_connection_error(metrics: &Metrics, e: &(dyn std::error::Error + 'static)) {
+/// Counts a failed connection (hyper's errors by their kind).
+fn count_connection_error(ctx: &HttpListener, e: &(dyn std::error::Error + 'static)) {
     let kind = match e.downcast_ref::<hyper::Error>() {
         Some(h) if h.is_parse_too_large() => "header_too_large",
         Some(h) if h.is_parse() => "malformed",
@@ -668,8 +665,8 @@ fn count_connection_error(metrics: &Metrics, e: &(dyn std::error::Error + 'stati
         Some(h) if h.is_incomplete_message() => "incomplete",
         _ => "connection",
     };
-    metrics.downstream_errors.with_label_values(&[kind]).inc();
-    tracing::debug!(error = %e, kind, "downstream connection error");
+    tracing::debug!(error = %e, "downstream connection failed");
+    ctx.count_error(kind);
 }
 
 /// Resolves once the phase is at least `want`, or when the sidecar is gone (dropped

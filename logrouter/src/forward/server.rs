@@ -436,6 +436,8 @@ where
             // a big frame is read into spare memory, which goes on with its records to the
             // buffer's writer and comes back once they are written
             let want = buf.len() + grow;
+            // (`try_into_mut` of a `Bytes` just made from a `Vec` always succeeds: bytes has
+            // no `From<Vec<u8>>` for `BytesMut`.)
             let mut big = Bytes::from(ctx.buffer.spares().take(want))
                 .try_into_mut()
                 .unwrap_or_else(|_| BytesMut::with_capacity(want));

@@ -15,6 +15,8 @@ const MAX_OPEN_FILES: usize = 64;
 /// Largest text buffer kept between batches: a batch's text is formatted into the same memory
 /// each time rather than into a new, growing buffer.
 const MAX_SPARE_BYTES: usize = 4 * 1024 * 1024;
+/// Text for one file is written once this much has gathered (or the file changes).
+const FLUSH_BYTES: usize = 256 * 1024;
 
 pub struct FileOut {
     dir: Option<PathBuf>,
@@ -49,17 +51,24 @@ impl FileOut {
         }
     }
 
-    /// Writes the batches' text batch by batch (into the same memory each time): at most one
-    /// batch's text is held, not the whole delivery's.
+    /// Writes the batches' text, consecutive batches for one file in one write of at most
+    /// about [`FLUSH_BYTES`] (into the same memory each time): not the whole delivery's text
+    /// at once, nor a write per batch.
     pub async fn send(&mut self, batches: &[Batch]) -> Result<(), OutputError> {
+        let mut out = std::mem::take(&mut self.spare);
+        out.clear();
+        let mut pending: Option<PathBuf> = None;
         for b in batches {
             let name = self.file.as_deref().unwrap_or(&b.tag);
             let path = match &self.dir {
                 Some(d) => d.join(name),
                 None => PathBuf::from(name),
             };
-            let mut out = std::mem::take(&mut self.spare);
-            out.clear();
+            if let Some(p) = pending.take_if(|p| *p != path || out.len() >= FLUSH_BYTES) {
+                out = self.write(p, out).await?;
+                out.clear();
+            }
+            pending = Some(path);
             format::each_record(b, |t, rec| {
                 if !self.plain {
                     out.extend_from_slice(b.tag.as_bytes());
@@ -74,10 +83,12 @@ impl FileOut {
                 out.push(b'\n');
                 Ok(())
             })?;
-            let out = self.write(path, out).await?;
-            if out.capacity() <= MAX_SPARE_BYTES {
-                self.spare = out;
-            }
+        }
+        if let Some(p) = pending {
+            out = self.write(p, out).await?;
+        }
+        if out.capacity() <= MAX_SPARE_BYTES {
+            self.spare = out;
         }
         Ok(())
     }
