@@ -67,15 +67,17 @@ struct LineBuffer {
     second_text: [u8; 19],
 }
 
+/// A thread's [`LineBuffer`], written out when the thread ends too.
+struct ThreadLines(LineBuffer);
+
+impl Drop for ThreadLines {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}
+
 thread_local! {
-    static LINES: RefCell<LineBuffer> = const {
-        RefCell::new(LineBuffer {
-            bytes: Vec::new(),
-            oldest_ms: 0,
-            second: u64::MAX,
-            second_text: [0; 19],
-        })
-    };
+    static LINES: RefCell<ThreadLines> = const { RefCell::new(ThreadLines(LineBuffer::new())) };
 }
 
 /// Writes `rec` to `sink` in `format` (nothing when off).
@@ -91,6 +93,7 @@ pub(crate) fn log(format: AccessLog, sink: &AccessLogSink, rec: &AccessRecord<'_
             let Ok(mut lines) = lines.try_borrow_mut() else {
                 return;
             };
+            let lines = &mut lines.0;
             let now_ms = now.as_millis() as u64;
             if lines.bytes.is_empty() {
                 lines.oldest_ms = now_ms;
@@ -103,12 +106,7 @@ pub(crate) fn log(format: AccessLog, sink: &AccessLogSink, rec: &AccessRecord<'_
             }
         }),
         AccessLogSink::Memory(kept) => {
-            let mut one = LineBuffer {
-                bytes: Vec::new(),
-                oldest_ms: 0,
-                second: u64::MAX,
-                second_text: [0; 19],
-            };
+            let mut one = LineBuffer::new();
             one.write(format, rec, now);
             let line = String::from_utf8_lossy(&one.bytes).into_owned();
             kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
@@ -116,12 +114,13 @@ pub(crate) fn log(format: AccessLog, sink: &AccessLogSink, rec: &AccessRecord<'_
     }
 }
 
-/// Writes out the calling thread's pending access log lines. The runtime calls it before its
-/// threads park, and the sidecar when it stops.
+/// Writes out the calling thread's pending access log lines: the runtime of the `skiff`
+/// binary calls it before its threads park, and the binary once more when it stops (a thread
+/// that ends writes its own out).
 pub fn flush_thread_buffer() {
     LINES.with(|lines| {
         if let Ok(mut lines) = lines.try_borrow_mut() {
-            lines.flush();
+            lines.0.flush();
         }
     });
 }
@@ -129,6 +128,15 @@ pub fn flush_thread_buffer() {
 // === impl LineBuffer ===
 
 impl LineBuffer {
+    const fn new() -> Self {
+        LineBuffer {
+            bytes: Vec::new(),
+            oldest_ms: 0,
+            second: u64::MAX,
+            second_text: [0; 19],
+        }
+    }
+
     fn flush(&mut self) {
         if self.bytes.is_empty() {
             return;
@@ -247,33 +255,10 @@ impl LineBuffer {
     }
 }
 
-/// A JSON string literal.
+/// A JSON string literal (serde_json's escaping, written in place).
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(b"\\u00");
-                push_hex(out, &[b]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    // Writing to a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
@@ -416,12 +401,7 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let mut lines = LineBuffer {
-            bytes: Vec::new(),
-            oldest_ms: 0,
-            second: u64::MAX,
-            second_text: [0; 19],
-        };
+        let mut lines = LineBuffer::new();
         lines.time(Duration::from_millis(1_700_000_000_123));
         lines.time(Duration::from_millis(1_700_000_000_999));
         lines.time(Duration::from_millis(1_700_000_001_005));

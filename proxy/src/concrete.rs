@@ -93,7 +93,10 @@ impl Target {
     ) -> Self {
         Target {
             name: name.to_owned(),
-            discovery_name: Arc::from(name.strip_prefix("inbound/").unwrap_or(name)),
+            discovery_name: Arc::from(
+                name.strip_prefix(crate::metrics::INBOUND_PREFIX)
+                    .unwrap_or(name),
+            ),
             budget: Budget::new(&policy.retry, now),
             policy,
             metrics,

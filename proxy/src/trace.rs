@@ -747,26 +747,12 @@ fn end(data: &mut SpanData, elapsed: Duration, outcome: Result<u16, &'static str
 }
 
 fn request_attributes(attributes: &mut Vec<(&'static str, Value)>, method: &Method) {
-    let known = matches!(
-        *method,
-        Method::GET
-            | Method::POST
-            | Method::PUT
-            | Method::DELETE
-            | Method::HEAD
-            | Method::OPTIONS
-            | Method::PATCH
-            | Method::TRACE
-            | Method::CONNECT
-    );
-    if known {
-        attributes.push(("http.request.method", Value::Str(method_name(method))));
-    } else {
-        attributes.push(("http.request.method", Value::Str("_OTHER".into())));
-        attributes.push((
-            "http.request.method_original",
-            Value::Str(method.as_str().to_owned().into()),
-        ));
+    match method_name(method) {
+        known @ Cow::Borrowed(_) => attributes.push(("http.request.method", Value::Str(known))),
+        original @ Cow::Owned(_) => {
+            attributes.push(("http.request.method", Value::Str("_OTHER".into())));
+            attributes.push(("http.request.method_original", Value::Str(original)));
+        }
     }
 }
 

@@ -246,7 +246,7 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     let scalar = text(value, &mut buf);
     let any = any_len(&scalar);
     tag(out, field, 2);
-    varint(out, key_value_len(key, &scalar) as u64);
+    varint(out, key_value_len(key, any) as u64);
     string(out, 1, key);
     tag(out, 2, 2);
     varint(out, any as u64);
@@ -263,8 +263,8 @@ fn any_len(scalar: &Scalar<'_>) -> usize {
     }
 }
 
-fn key_value_len(key: &str, scalar: &Scalar<'_>) -> usize {
-    let any = any_len(scalar);
+/// A KeyValue's length, its AnyValue being `any` bytes long.
+fn key_value_len(key: &str, any: usize) -> usize {
     field_len(1, key.len() as u64) + key.len() + field_len(2, any as u64) + any
 }
 

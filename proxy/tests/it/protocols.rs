@@ -170,22 +170,7 @@ async fn refusing_h2_upstream() -> (
 #[tokio::test]
 async fn refused_http2_streams_are_retried_even_for_post() {
     let (refusing, refused) = refusing_h2_upstream().await;
-    let good = Upstream::start("good").await;
-    good.set(Behavior::Grpc {
-        status: 0,
-        trailers_only: false,
-    });
-    let mut cfg = config();
-    cfg.balancer = BalancerKind::RoundRobin;
-    let proxy = Proxy::start(
-        cfg,
-        vec![grpc_service(
-            "greeter",
-            "greeter:50051",
-            vec![endpoint("r", refusing), endpoint("g", good.addr)],
-        )],
-    )
-    .await;
+    let (_good, proxy) = round_robin_greeter(refusing).await;
     for _ in 0..4 {
         let r = h2_send(proxy.http, grpc_request("http://greeter:50051/x.Y/Z")).await;
         assert_eq!(r.status, StatusCode::OK);
@@ -201,11 +186,18 @@ async fn refused_http2_streams_are_retried_even_for_post() {
 /// with `status` (in trailers, or trailers-only); `good` answers OK.
 async fn bad_and_good_greeter(status: u32, trailers_only: bool) -> (Upstream, Upstream, Proxy) {
     let bad = Upstream::start("bad").await;
-    let good = Upstream::start("good").await;
     bad.set(Behavior::Grpc {
         status,
         trailers_only,
     });
+    let (good, proxy) = round_robin_greeter(bad.addr).await;
+    (bad, good, proxy)
+}
+
+/// A `greeter` gRPC service over `first` and a `good` endpoint answering OK, round robin
+/// starting at `first`.
+async fn round_robin_greeter(first: std::net::SocketAddr) -> (Upstream, Proxy) {
+    let good = Upstream::start("good").await;
     good.set(Behavior::Grpc {
         status: 0,
         trailers_only: false,
@@ -217,9 +209,9 @@ async fn bad_and_good_greeter(status: u32, trailers_only: bool) -> (Upstream, Up
         vec![grpc_service(
             "greeter",
             "greeter:50051",
-            vec![endpoint("b", bad.addr), endpoint("g", good.addr)],
+            vec![endpoint("b", first), endpoint("g", good.addr)],
         )],
     )
     .await;
-    (bad, good, proxy)
+    (good, proxy)
 }
