@@ -337,6 +337,7 @@ pub fn median_row(rounds: Vec<BenchRow>) -> BenchRow {
         )
         .map(|v| v.round() as u64)
     };
+    // (`last` has latency figures, so every median below has at least one value.)
     let latency = last.latency.as_ref().map(|l| LatencySummary {
         count: measured
             .iter()
@@ -642,14 +643,11 @@ impl Context<'_> {
             row.errors += held.failed;
             drop(held);
             let closed = Instant::now();
-            let near = row.before_held_rss_kib.map(near_idle_kib);
             // Polls until RSS is back near idle, for at most the minute the target allows.
             loop {
-                let rss = child.0.stats().map(|stats| stats.rss_kib);
-                row.after_close_rss_kib = rss;
+                row.after_close_rss_kib = child.0.stats().map(|stats| stats.rss_kib);
                 row.after_close_secs = Some(closed.elapsed().as_secs_f64());
-                let back = matches!((rss, near), (Some(rss), Some(near)) if rss <= near);
-                if back || closed.elapsed() >= BACK_TO_IDLE_WITHIN {
+                if row.back_near_idle() == Some(true) || closed.elapsed() >= BACK_TO_IDLE_WITHIN {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -871,6 +869,14 @@ async fn origin_stats(url: &str) -> Option<(u64, u64)> {
 
 /// How long RSS may take to come back near idle after the held connections close.
 pub const BACK_TO_IDLE_WITHIN: Duration = Duration::from_secs(60);
+
+impl BenchRow {
+    /// RSS after the held connections closed is back near its level before them.
+    pub fn back_near_idle(&self) -> Option<bool> {
+        let (rss, before) = self.after_close_rss_kib.zip(self.before_held_rss_kib)?;
+        Some(rss <= near_idle_kib(before))
+    }
+}
 
 /// "Near idle": within 10 % (at least 1 MiB) of the idle RSS.
 pub fn near_idle_kib(idle_kib: u64) -> u64 {

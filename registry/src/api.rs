@@ -366,7 +366,6 @@ impl Filter {
     }
 }
 
-/// One page of `items` and the token of the next.
 /// One page of the `items` that pass every filter, oldest first (then by id). `value` gives an
 /// item's value for a filter name, `None` for a name `what` lists cannot be filtered by.
 fn filtered_page<'a, T>(
@@ -399,6 +398,7 @@ fn filtered_page<'a, T>(
     Ok(paginate(list, start, max))
 }
 
+/// One page of `items` and the token of the next.
 fn paginate<T>(items: Vec<T>, start: usize, max: usize) -> (Vec<T>, Option<String>) {
     let total = items.len();
     let page: Vec<T> = items.into_iter().skip(start).take(max).collect();

@@ -110,10 +110,7 @@ impl BenchReport {
             "≤ 20 MiB",
             mem(sidecar.held_rss_kib).map(|m| m <= 20.0),
         ));
-        let back = sidecar
-            .after_close_rss_kib
-            .zip(sidecar.before_held_rss_kib)
-            .map(|(rss, idle)| rss <= super::near_idle_kib(idle));
+        let back = sidecar.back_near_idle();
         checks.push(Check::new(
             "back near its RSS before them once they close",
             sidecar.after_close_secs.map_or_else(
@@ -222,15 +219,9 @@ impl BenchReport {
         );
         out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for row in &measured {
-            let back = match (
-                row.after_close_rss_kib,
-                row.before_held_rss_kib,
-                row.after_close_secs,
-            ) {
-                (Some(rss), Some(idle), Some(secs)) if rss <= super::near_idle_kib(idle) => {
-                    format!("{secs:.1}")
-                }
-                (Some(_), Some(_), Some(secs)) => format!("not within {secs:.0}"),
+            let back = match (row.back_near_idle(), row.after_close_secs) {
+                (Some(true), Some(secs)) => format!("{secs:.1}"),
+                (Some(false), Some(secs)) => format!("not within {secs:.0}"),
                 _ => NONE.to_string(),
             };
             let _ = writeln!(
