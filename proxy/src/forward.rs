@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
@@ -23,7 +24,7 @@ use crate::h1::server::{SplicedHere, UpstreamUpgrade};
 use crate::logical::{Table, split_authority};
 use crate::pool::{Connector, ResponseBody, SendError};
 use crate::retry::{RetryReason, backoff, is_idempotent};
-use crate::trace::{AttemptInfo, ServerSpan, Tracer};
+use crate::trace::{AttemptInfo, Propagation, ServerSpan, Tracer};
 use crate::{Body, BoxError};
 
 /// How a listener finds the target of a request.
@@ -177,33 +178,46 @@ impl Forwarder {
                     limit,
                 });
             }
-            let mut upstream = build_request(
-                &parts,
-                target.metrics.count_tx(body.take()),
-                ep.authority.clone(),
-                concrete.protocol.is_h2(),
-                on_upgrade.is_some(),
-            )?;
-            let attempt_span = self.tracer.client_span(
-                span,
-                upstream.headers_mut(),
-                &parts.method,
-                &AttemptInfo {
-                    endpoint: ep.addr,
-                    target: &target.discovery_name,
-                    number: attempts,
-                    start: now,
-                },
-            );
             // connect + send with timeout
             let try_timeout = match (policy.retry.per_try_timeout, deadline) {
                 (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(now))),
                 (t, d) => t.or(d.map(|d| d.saturating_duration_since(now))),
             };
+            let upgrade = on_upgrade.is_some();
+            // A block: the trace fields are written before the exchange starts and need no
+            // room in this future while it runs.
+            let (attempt_span, sent) = {
+                let (attempt_span, propagation) = self.tracer.client_span(
+                    span,
+                    &parts.method,
+                    &AttemptInfo {
+                        endpoint: ep.addr,
+                        target: &target.discovery_name,
+                        number: attempts,
+                        start: now,
+                    },
+                );
+                let attempt_body = target.metrics.count_tx(body.take());
+                let sent = if concrete.protocol.is_h2() {
+                    let mut upstream =
+                        build_h2_request(&parts, attempt_body, ep.authority.clone(), upgrade)?;
+                    propagation.apply(upstream.headers_mut());
+                    // Boxed: HTTP/2's exchange is the larger future, and the rarer one.
+                    Either::Left(Box::pin(self.connector.send_h2(ep, upstream)))
+                } else {
+                    // The head is written straight from the client's fields (no copy of them).
+                    let mut head = Vec::with_capacity(256 + parts.headers.len() * 40);
+                    let rest = crate::h1::encode_request(
+                        &parts,
+                        |out| write_h1_fields(&parts, upgrade, &propagation, out),
+                        attempt_body,
+                        &mut head,
+                    );
+                    Either::Right(self.connector.send_h1(ep, head, rest, &parts.method, now))
+                };
+                (attempt_span, sent)
+            };
             let guard = ep.begin();
-            let sent = self
-                .connector
-                .send(ep, upstream, concrete.protocol.is_h2(), now);
             let res = match try_timeout {
                 Some(t) => tokio::time::timeout_at(now + t, sent).await.map_err(|_| t),
                 None => Ok(sent.await),
@@ -554,23 +568,48 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Headers added to the upstream copy (trace context, Host, Connection) without regrowing it.
 const ADDED_HEADERS: usize = 3;
 
-/// The client's headers as sent upstream: copied once, minus hop-by-hop ones (those named by
-/// `Connection` too), into a map with room for what the proxy adds.
+/// Whether a field of `src` stays out of the upstream copy: hop-by-hop ones, those named by
+/// `Connection`, and TE but for `trailers`. `hop` says whether `src` has any of them at all
+/// (most requests have none: then nothing is looked up).
+struct HopFilter<'a> {
+    src: &'a HeaderMap,
+    hop: bool,
+    connection: bool,
+    te_ok: bool,
+}
+
+impl<'a> HopFilter<'a> {
+    fn new(src: &'a HeaderMap) -> Self {
+        let hop = src.keys().any(|n| is_hop_by_hop(n) || n == header::TE);
+        HopFilter {
+            src,
+            hop,
+            connection: hop && src.contains_key(header::CONNECTION),
+            te_ok: !hop || src.get(header::TE).is_none_or(|te| te == "trailers"),
+        }
+    }
+
+    fn drops(&self, name: &HeaderName) -> bool {
+        self.hop
+            && (is_hop_by_hop(name)
+                || (name == header::TE && !self.te_ok)
+                || (self.connection && connection_has(self.src, name.as_str())))
+    }
+}
+
+/// The client's headers as sent upstream over HTTP/2: copied once, minus hop-by-hop ones
+/// (those named by `Connection` too), into a map with room for what the proxy adds.
 fn upstream_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let filter = HopFilter::new(src);
     // Most requests carry no hop-by-hop header: a clone copies the map as it is (no rehashing).
-    if !upgrade && !src.keys().any(|n| is_hop_by_hop(n) || n == header::TE) {
+    if !upgrade && !filter.hop {
         let mut out = src.clone();
         out.reserve(ADDED_HEADERS);
         return out;
     }
     let mut out = HeaderMap::with_capacity(src.len() + ADDED_HEADERS);
-    let connection = src.contains_key(header::CONNECTION);
-    let te_ok = src.get(header::TE).is_none_or(|te| te == "trailers");
     for (name, value) in src {
-        let drop = is_hop_by_hop(name)
-            || (name == header::TE && !te_ok)
-            || (connection && connection_has(src, name.as_str()));
-        if !drop {
+        if !filter.drops(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -581,12 +620,43 @@ fn upstream_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
     out
 }
 
-/// The upstream request for one attempt, sent to `authority`.
-fn build_request(
+/// The client's fields as sent upstream over HTTP/1.1, written straight into the request head:
+/// hop-by-hop ones (and those `Connection` names) left out, the attempt's trace context in
+/// place of the client's, Host from an absolute-form URI when the client sent none. Whether
+/// a Content-Length was among them.
+fn write_h1_fields(
+    parts: &Parts,
+    upgrade: bool,
+    propagation: &Propagation,
+    out: &mut Vec<u8>,
+) -> bool {
+    let src = &parts.headers;
+    let filter = HopFilter::new(src);
+    let (mut host, mut length) = (false, false);
+    for (name, value) in src {
+        if filter.drops(name) || propagation.replaces(name) {
+            continue;
+        }
+        host |= name == header::HOST;
+        length |= name == header::CONTENT_LENGTH;
+        crate::h1::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if upgrade && let Some(up) = src.get(header::UPGRADE) {
+        crate::h1::push_field(out, b"upgrade", up.as_bytes());
+        crate::h1::push_field(out, b"connection", b"upgrade");
+    }
+    if !host && let Some(a) = parts.uri.authority() {
+        crate::h1::push_field(out, b"host", a.as_str().as_bytes());
+    }
+    propagation.for_each(|name, value| crate::h1::push_field(out, name.as_str().as_bytes(), value));
+    length
+}
+
+/// The upstream HTTP/2 request for one attempt, sent to `authority`.
+fn build_h2_request(
     parts: &Parts,
     body: Body,
     authority: http::uri::Authority,
-    h2: bool,
     upgrade: bool,
 ) -> Result<Request<Body>, ProxyError> {
     let pq = parts
@@ -594,20 +664,15 @@ fn build_request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    // HTTP/2 names the endpoint in `:authority`; HTTP/1.1 sends origin-form with the Host
-    // the client gave.
-    let uri = if h2 {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ProxyError::BadRequest {
-                reason: e.to_string(),
-            })?
-    } else {
-        Uri::from(pq)
-    };
+    // HTTP/2 names the endpoint in `:authority`.
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest {
+            reason: e.to_string(),
+        })?;
     let mut headers = upstream_headers(&parts.headers, upgrade);
     if !headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -618,11 +683,7 @@ fn build_request(
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
+    *req.version_mut() = Version::HTTP_2;
     *req.headers_mut() = headers;
     Ok(req)
 }
@@ -776,6 +837,109 @@ mod tests {
             "Connection and the header it names go: {out:?}"
         );
         assert_eq!(out[header::HOST], "orders:8080");
+    }
+
+    #[test]
+    fn h1_fields_leave_hop_by_hop_out_and_carry_the_attempts_trace_context() {
+        let tracer = Tracer::disabled();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("orders:8080"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-foo"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.append("x-keep", HeaderValue::from_static("a"));
+        h.append("x-keep", HeaderValue::from_static("b"));
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let (mut parts, ()) = Request::post("/orders").body(()).unwrap().into_parts();
+        parts.headers = h;
+        let server = tracer.server_span(&crate::trace::RequestInfo {
+            listener: "test",
+            headers: &parts.headers,
+            method: &parts.method,
+            path: "/orders",
+            query: None,
+            authority: None,
+            peer: None,
+            version: Version::HTTP_11,
+        });
+        let (_span, propagation) = tracer.client_span(
+            &server,
+            &parts.method,
+            &AttemptInfo {
+                endpoint: "127.0.0.1:1".parse().unwrap(),
+                target: &"orders".into(),
+                number: 1,
+                start: Instant::now(),
+            },
+        );
+        let mut out = Vec::new();
+        assert!(
+            write_h1_fields(&parts, false, &propagation, &mut out),
+            "a length was sent"
+        );
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("traceparent: "))
+                .count(),
+            1,
+            "{text}"
+        );
+        let tp = lines
+            .iter()
+            .find(|l| l.starts_with("traceparent: "))
+            .unwrap();
+        assert!(
+            tp.contains("4bf92f3577b34da6a3ce929d0e0e4736") && !tp.contains("00f067aa0ba902b7"),
+            "the trace continues in a new span: {tp}"
+        );
+        for gone in ["connection", "x-foo", "keep-alive"] {
+            assert!(
+                !lines.iter().any(|l| l.starts_with(&format!("{gone}:"))),
+                "{gone}: {text}"
+            );
+        }
+        for kept in [
+            "host: orders:8080",
+            "te: trailers",
+            "x-keep: a",
+            "x-keep: b",
+            "content-length: 3",
+        ] {
+            assert!(lines.contains(&kept), "{kept}: {text}");
+        }
+
+        // Absolute form without Host: Host from the URI; an upgrade keeps its two fields.
+        let (mut parts, ()) = Request::get("http://orders:8080/ws")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let mut out = Vec::new();
+        assert!(!write_h1_fields(&parts, true, &propagation, &mut out));
+        let text = String::from_utf8(out).unwrap();
+        for kept in [
+            "host: orders:8080",
+            "upgrade: websocket",
+            "connection: upgrade",
+        ] {
+            assert!(text.lines().any(|l| l == kept), "{kept}: {text}");
+        }
     }
 
     #[test]

@@ -131,9 +131,17 @@ impl Conn {
         body: &mut Option<(Body, bool)>,
     ) -> Result<bool, Error> {
         self.io.write_all(head).await.map_err(Error::Write)?;
-        let Some((mut body, chunked)) = body.take() else {
+        let Some((body, chunked)) = body.take() else {
             return Ok(true);
         };
+        // Boxed: most requests have no body left to stream, and this future would be room in
+        // every request's.
+        Box::pin(self.stream_body(body, chunked)).await
+    }
+
+    /// Streams the rest of a request body after its head; false when the upstream answered
+    /// first (see [`Conn::write_request`]).
+    async fn stream_body(&mut self, mut body: Body, chunked: bool) -> Result<bool, Error> {
         // From here on the upstream has seen the request: failures are not `unsent`.
         let written = Error::WriteBody;
         // Framing bytes not yet written (a chunk's CRLF goes with the next chunk's size line).
@@ -190,50 +198,20 @@ impl Conn {
         method: &Method,
         request_whole: bool,
     ) -> Result<(Response<()>, BodyReader), Error> {
-        let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
         loop {
-            let parsed = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&self.buf)? {
-                    httparse::Status::Complete(len) if len > MAX_HEAD => {
+            match parse_response(&mut self.buf, method, request_whole)? {
+                Parsed::Final(resp, reader) => return Ok((resp, reader)),
+                Parsed::Interim => {}
+                Parsed::Partial => {
+                    if self.buf.len() >= MAX_HEAD {
                         return Err(Error::Invalid("response head too large"));
                     }
-                    httparse::Status::Complete(len) => {
-                        let base = self.buf.as_ptr() as usize;
-                        let code = resp.code.unwrap_or(0);
-                        let minor = resp.version.unwrap_or(1);
-                        let n = spans_of(base, resp.headers, &mut spans);
-                        Some((len, code, minor, n))
-                    }
-                    httparse::Status::Partial => None,
+                    self.read_more()
+                        .await?
+                        .then_some(())
+                        .ok_or(Error::ClosedBeforeHead)?;
                 }
-            };
-            let Some((len, code, minor, n)) = parsed else {
-                if self.buf.len() >= MAX_HEAD {
-                    return Err(Error::Invalid("response head too large"));
-                }
-                self.read_more()
-                    .await?
-                    .then_some(())
-                    .ok_or(Error::ClosedBeforeHead)?;
-                continue;
-            };
-            let head = self.buf.split_to(len).freeze();
-            let status =
-                StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
-            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-                continue;
             }
-            let mut headers = fields_of(&head, &spans[..n]).map_err(Error::Invalid)?;
-            let both = drop_length_if_chunked(&mut headers);
-            let mut reader = BodyReader::for_response(method, status, minor, &headers)?;
-            reader.reusable &= !both && request_whole;
-            let mut resp = Response::new(());
-            *resp.status_mut() = status;
-            *resp.version_mut() = Version::HTTP_11;
-            *resp.headers_mut() = headers;
-            return Ok((resp, reader));
         }
     }
 
@@ -412,14 +390,14 @@ impl<R: AsyncRead + Unpin> Wire<R> {
 impl BodyReader {
     /// How a request's body is delimited (RFC 9112 §6.3: chunked last, else the length,
     /// else none).
-    fn for_request(headers: &HeaderMap) -> Result<Self, Error> {
-        let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
-            if !last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
+    fn for_request(facts: &Facts) -> Result<Self, Error> {
+        let framing = if facts.transfer_encoding {
+            if !facts.chunked_last {
                 return Err(Error::Invalid("transfer-encoding without chunked last"));
             }
             Framing::ChunkSize
         } else {
-            match content_length(headers)? {
+            match facts.content_length()? {
                 Some(0) | None => Framing::Done,
                 Some(n) => Framing::Length(n),
             }
@@ -434,17 +412,17 @@ impl BodyReader {
         method: &Method,
         status: StatusCode,
         minor: u8,
-        headers: &HeaderMap,
+        facts: &Facts,
     ) -> Result<Self, Error> {
         let framing = if bodiless(*method == Method::HEAD, status) {
             Framing::Done
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            if !last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
-                Framing::UntilClose
-            } else {
+        } else if facts.transfer_encoding {
+            if facts.chunked_last {
                 Framing::ChunkSize
+            } else {
+                Framing::UntilClose
             }
-        } else if let Some(len) = content_length(headers)? {
+        } else if let Some(len) = facts.content_length()? {
             if len == 0 {
                 Framing::Done
             } else {
@@ -454,7 +432,7 @@ impl BodyReader {
             Framing::UntilClose
         };
         Ok(BodyReader {
-            reusable: keeps_alive(minor, headers)
+            reusable: facts.keeps_alive(minor)
                 && framing != Framing::UntilClose
                 && status != StatusCode::SWITCHING_PROTOCOLS,
             framing,
@@ -479,11 +457,13 @@ impl BodyReader {
     }
 }
 
-/// The request head for `parts` as HTTP/1.1 (origin-form URI, headers as given) into `out`,
-/// with the framing header its body needs; then the body itself when it is small and ready
-/// (`None` back), or the body to stream and whether to chunk it.
+/// The request head for `parts` as HTTP/1.1 into `out`: the request line (origin-form URI),
+/// the fields `fields` writes (it says whether one was a Content-Length), the framing field
+/// its body needs; then the body itself when it is small and ready (`None` back), or the body
+/// to stream and whether to chunk it.
 pub(crate) fn encode_request(
     parts: &http::request::Parts,
+    fields: impl FnOnce(&mut Vec<u8>) -> bool,
     mut body: Body,
     out: &mut Vec<u8>,
 ) -> Option<(Body, bool)> {
@@ -492,8 +472,7 @@ pub(crate) fn encode_request(
     let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_fields(&parts.headers, out);
-    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let has_length = fields(out);
     let hint = body.size_hint();
     if body.is_end_stream() {
         if !has_length && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
@@ -541,21 +520,117 @@ fn bodiless(head_request: bool, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
-/// Whether the sender of a message of HTTP/1.`minor` lets the connection live on.
-fn keeps_alive(minor: u8, headers: &HeaderMap) -> bool {
-    if minor == 0 {
-        has_token(headers, header::CONNECTION, "keep-alive")
-    } else {
-        !has_token(headers, header::CONNECTION, "close")
-    }
-}
-
 /// A message framed both ways: chunked wins and the length, not the body's own, goes
 /// (RFC 9112 §6.3; else the next hop could read the body by it — request smuggling). Whether
 /// it was so (the connection should not carry another message).
-fn drop_length_if_chunked(headers: &mut HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.remove(header::CONTENT_LENGTH).is_some()
+fn drop_length_if_chunked(headers: &mut HeaderMap, facts: &mut Facts) -> bool {
+    if !(facts.transfer_encoding && facts.length_seen) {
+        return false;
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    facts.length_seen = false;
+    facts.length = None;
+    facts.bad_length = None;
+    true
+}
+
+/// What framing and connection handling need of a head's fields, noted while
+/// [`fields_of`] reads them: one pass, where a lookup per question would hash the names
+/// again and again. Values that are not visible ASCII are passed over, as
+/// [`HeaderValue::to_str`] would.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Facts {
+    /// A `Content-Length` field, its value, and what was wrong with its values if anything.
+    length_seen: bool,
+    length: Option<u64>,
+    bad_length: Option<&'static str>,
+    /// A `Transfer-Encoding` field; its last token is `chunked`.
+    transfer_encoding: bool,
+    chunked_last: bool,
+    /// Tokens of `Connection`.
+    close: bool,
+    keep_alive: bool,
+    upgrade_token: bool,
+    /// An `Upgrade` field.
+    upgrade: bool,
+    /// The first `Expect` field says `100-continue`.
+    expect_seen: bool,
+    expect_continue: bool,
+}
+
+// === impl Facts ===
+
+impl Facts {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let text = || {
+            value
+                .iter()
+                .all(|&b| (b' '..0x7f).contains(&b) || b == b'\t')
+                .then(|| std::str::from_utf8(value).ok())
+                .flatten()
+        };
+        if *name == header::CONTENT_LENGTH {
+            self.length_seen = true;
+            let Some(v) = text() else { return };
+            for t in v.split(',').map(str::trim) {
+                match t.parse::<u64>() {
+                    Err(_) => {
+                        self.bad_length.get_or_insert("bad content-length");
+                    }
+                    Ok(n) if self.length.is_some_and(|f| f != n) => {
+                        self.bad_length.get_or_insert("conflicting content-length");
+                    }
+                    Ok(n) => self.length = Some(n),
+                }
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            if let Some(v) = text() {
+                self.chunked_last = v
+                    .split(',')
+                    .next_back()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+            }
+        } else if *name == header::CONNECTION {
+            let Some(v) = text() else { return };
+            for t in v.split(',').map(str::trim) {
+                if t.eq_ignore_ascii_case("close") {
+                    self.close = true;
+                } else if t.eq_ignore_ascii_case("keep-alive") {
+                    self.keep_alive = true;
+                } else if t.eq_ignore_ascii_case("upgrade") {
+                    self.upgrade_token = true;
+                }
+            }
+        } else if *name == header::UPGRADE {
+            self.upgrade = true;
+        } else if *name == header::EXPECT && !self.expect_seen {
+            self.expect_seen = true;
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    /// `Content-Length`, when there is one; differing values are an error.
+    fn content_length(&self) -> Result<Option<u64>, Error> {
+        match self.bad_length {
+            Some(why) => Err(Error::Invalid(why)),
+            None => Ok(self.length),
+        }
+    }
+
+    /// Whether the sender of a message of HTTP/1.`minor` lets the connection live on.
+    fn keeps_alive(&self, minor: u8) -> bool {
+        if minor == 0 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+
+    /// An HTTP/1.1 request asking to switch protocols (`Upgrade` named in `Connection`).
+    fn wants_upgrade(&self, version: Version) -> bool {
+        version == Version::HTTP_11 && self.upgrade && self.upgrade_token
+    }
 }
 
 /// An HTTP/1.1 request asking to switch protocols (`Upgrade` named in `Connection`).
@@ -580,6 +655,67 @@ fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// What the bytes at the start of a connection's buffer hold.
+enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) head, taken out of the buffer.
+    Interim,
+    /// The response head, taken out of the buffer, and how to read its body.
+    Final(Response<()>, BodyReader),
+}
+
+/// Parses a response head at the start of `buf`. A function of its own, not part of
+/// [`Conn::read_head`]'s future: the fields' spans (2 KiB) live on its stack only, and the
+/// future that every request holds stays small.
+fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+    request_whole: bool,
+) -> Result<Parsed, Error> {
+    let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, code, minor, n) = {
+        let mut headers = uninit_headers();
+        let mut resp = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        )? {
+            httparse::Status::Complete(len) if len > MAX_HEAD => {
+                return Err(Error::Invalid("response head too large"));
+            }
+            httparse::Status::Complete(len) => {
+                let base = buf.as_ptr() as usize;
+                let code = resp.code.unwrap_or(0);
+                let minor = resp.version.unwrap_or(1);
+                let n = spans_of(base, resp.headers, &mut spans);
+                (len, code, minor, n)
+            }
+            httparse::Status::Partial => return Ok(Parsed::Partial),
+        }
+    };
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Parsed::Interim);
+    }
+    let (mut headers, mut facts) = fields_of(&head, &spans[..n]).map_err(Error::Invalid)?;
+    let both = drop_length_if_chunked(&mut headers, &mut facts);
+    let mut reader = BodyReader::for_response(method, status, minor, &facts)?;
+    reader.reusable &= !both && request_whole;
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = Version::HTTP_11;
+    *resp.headers_mut() = headers;
+    Ok(Parsed::Final(resp, reader))
+}
+
+/// Room for a head's fields, not zeroed first (4 KiB): httparse fills what it uses.
+pub(crate) fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Where a head's fields are in its bytes: name start and length, value start and length.
 type Spans = [(u32, u32, u32, u32); MAX_HEADERS];
 
@@ -599,8 +735,12 @@ fn spans_of(base: usize, headers: &[httparse::Header<'_>], out: &mut Spans) -> u
 }
 
 /// The fields at `spans` of `head`, values sharing its bytes (no copies).
-fn fields_of(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, &'static str> {
+fn fields_of(
+    head: &Bytes,
+    spans: &[(u32, u32, u32, u32)],
+) -> Result<(HeaderMap, Facts), &'static str> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut facts = Facts::default();
     for &(n, nl, v, vl) in spans {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
         let name = head
@@ -612,9 +752,10 @@ fn fields_of(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, 
         }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| "invalid header value")?;
+        facts.note(&name, value.as_bytes());
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, facts))
 }
 
 /// Writes `first` then `second` (a head and a body part) without joining them: one system
@@ -649,11 +790,17 @@ fn push_number(out: &mut Vec<u8>, n: u64, hex: bool) {
 
 fn encode_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+}
+
+/// Appends one `name: value` line.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
@@ -667,27 +814,6 @@ fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
 
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
-}
-
-fn last_token_is(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    tokens(headers, name)
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(token))
-}
-
-/// `Content-Length`, when there is one; differing values are an error.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut found = None;
-    for v in tokens(headers, header::CONTENT_LENGTH) {
-        let n: u64 = v
-            .parse()
-            .map_err(|_| Error::Invalid("bad content-length"))?;
-        if found.is_some_and(|f| f != n) {
-            return Err(Error::Invalid("conflicting content-length"));
-        }
-        found = Some(n);
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

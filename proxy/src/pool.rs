@@ -166,32 +166,18 @@ impl Connector {
         millis_since(self.epoch, now)
     }
 
-    /// Sends `req` to `endpoint` on a pooled connection or a new one. HTTP/1.1 requests must
-    /// have an origin-form URI and a Host header; HTTP/2 ones an absolute URI.
-    pub(crate) async fn send(
+    /// Sends an HTTP/1.1 request to `endpoint` on a pooled connection or a new one: `head`
+    /// as [`h1::encode_request`] wrote it (with the whole body when it was small), then
+    /// `rest` of the body. `method` tells how to read the response.
+    pub(crate) async fn send_h1(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Body>,
-        h2: bool,
-        now: Instant,
-    ) -> Result<Response<ResponseBody>, SendError> {
-        if h2 {
-            self.send_h2(endpoint, req).await
-        } else {
-            self.send_h1(endpoint, req, now).await
-        }
-    }
-
-    async fn send_h1(
-        &self,
-        endpoint: &Arc<Endpoint>,
-        req: Request<Body>,
+        head: Vec<u8>,
+        mut rest: Option<(Body, bool)>,
+        method: &http::Method,
         now: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         let pool = &endpoint.pool;
-        let (parts, body) = req.into_parts();
-        let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
-        let mut rest = h1::encode_request(&parts, body, &mut head);
         loop {
             // A connection is held by this future until the response head is in: dropped (a
             // timeout) before that, it closes.
@@ -199,7 +185,9 @@ impl Connector {
                 Some(conn) => (conn, true),
                 None => {
                     self.start_reaper();
-                    (h1::Conn::new(self.stream(endpoint).await?), false)
+                    // Boxed: a new connection is rare, and its future would be room in every
+                    // request's.
+                    (h1::Conn::new(Box::pin(self.stream(endpoint)).await?), false)
                 }
             };
             let whole = match conn.write_request(&head, &mut rest).await {
@@ -213,7 +201,7 @@ impl Connector {
                 Err(e) => return Err(SendError::Exchange(e)),
             };
             let (resp, reader) = conn
-                .read_head(&parts.method, whole)
+                .read_head(method, whole)
                 .await
                 .map_err(SendError::Exchange)?;
             let lease = self.lease(endpoint, None, Some(conn));
@@ -221,7 +209,9 @@ impl Connector {
         }
     }
 
-    async fn send_h2(
+    /// Sends `req` (with an absolute URI) to `endpoint` on its shared HTTP/2 connection, or a
+    /// new one.
+    pub(crate) async fn send_h2(
         &self,
         endpoint: &Arc<Endpoint>,
         mut req: Request<Body>,

@@ -514,21 +514,21 @@ impl Tracer {
     /// Opens this hop's span for a request: continues the caller's W3C or B3 context, or
     /// starts a trace.
     pub(crate) fn server_span(&self, req: &RequestInfo<'_>) -> ServerSpan {
-        let mut rng = rand::rng();
-        let parent = extract(req.headers);
+        let found = Found::scan(req.headers);
+        let parent = found.parent();
         let trace_id = match &parent {
             Some(p) => p.ctx.trace_id,
-            None => random_nonzero(&mut rng),
+            None => random_nonzero(),
         };
         let sampled = self
             .sampler
             .sample(parent.as_ref().map(|p| &p.ctx), &trace_id);
         let ctx = SpanContext {
             trace_id,
-            span_id: random_nonzero(&mut rng),
+            span_id: random_nonzero(),
             sampled,
         };
-        let trace_state = req.headers.get(&TRACESTATE).cloned();
+        let trace_state = found.tracestate.cloned();
         let data = self.recording(sampled).then(|| {
             let mut attributes = Vec::with_capacity(12);
             request_attributes(&mut attributes, req.method);
@@ -587,13 +587,13 @@ impl Tracer {
 
     /// Opens the span of one attempt towards `endpoint` and writes its context into the
     /// upstream request's headers (W3C always; B3 in the format the caller used).
+    /// Opens an attempt's span; with the trace headers that attempt sends upstream.
     pub(crate) fn client_span(
         &self,
         server: &ServerSpan,
-        headers: &mut HeaderMap,
         method: &Method,
         attempt: &AttemptInfo<'_>,
-    ) -> ClientSpan {
+    ) -> (ClientSpan, Propagation) {
         let AttemptInfo {
             endpoint,
             target,
@@ -602,11 +602,10 @@ impl Tracer {
         } = *attempt;
         let ctx = SpanContext {
             trace_id: server.ctx.trace_id,
-            span_id: random_nonzero(&mut rand::rng()),
+            span_id: random_nonzero(),
             sampled: server.ctx.sampled,
         };
-        inject(
-            headers,
+        let propagation = Propagation::new(
             &ctx,
             server.ctx.span_id,
             server.parent.as_ref().map_or(B3Format::None, |p| p.b3),
@@ -644,10 +643,11 @@ impl Tracer {
                 error: false,
             }
         });
-        ClientSpan {
+        let span = ClientSpan {
             start: data.as_ref().map(|_| now),
             data,
-        }
+        };
+        (span, propagation)
     }
 
     /// Closes an attempt's span (ended at `at`) with the upstream's status, or the error kind.
@@ -808,54 +808,109 @@ fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
 }
 
-fn random_nonzero<const N: usize>(rng: &mut impl Rng) -> [u8; N] {
-    loop {
-        let mut id = [0u8; N];
-        rng.fill(&mut id[..]);
-        if id != [0u8; N] {
-            return id;
-        }
+/// A random non-zero trace or span id. Ids must be unique, not secret: they come from a fast
+/// generator per thread (xoshiro), seeded from the thread's cryptographic one, as the
+/// OpenTelemetry SDKs' id generators do; drawing each from `rand::rng()` (ChaCha) cost a
+/// third of a request's tracing work.
+fn random_nonzero<const N: usize>() -> [u8; N] {
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+    thread_local! {
+        static IDS: std::cell::RefCell<SmallRng> =
+            std::cell::RefCell::new(SmallRng::from_rng(&mut rand::rng()));
     }
+    IDS.with_borrow_mut(|rng| {
+        loop {
+            let mut id = [0u8; N];
+            rng.fill(&mut id[..]);
+            if id != [0u8; N] {
+                return id;
+            }
+        }
+    })
 }
 
 // === propagation ===
 
 /// The caller's context: W3C `traceparent` first, then B3 single (`b3`), then `X-B3-*`.
+#[cfg(test)]
 fn extract(headers: &HeaderMap) -> Option<Parent> {
-    // Static names: a `&str` key would be parsed and validated on every lookup.
-    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ctx) = text(&TRACEPARENT).and_then(parse_traceparent) {
-        return Some(Parent {
-            ctx,
-            b3: if headers.contains_key(&B3) {
-                B3Format::Single
-            } else if headers.contains_key(&B3_TRACE_ID) {
-                B3Format::Multi
-            } else {
-                B3Format::None
+    Found::scan(headers).parent()
+}
+
+/// A request's propagation fields (the first value of each).
+#[derive(Default)]
+struct Found<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    tracestate: Option<&'a HeaderValue>,
+    b3: Option<&'a HeaderValue>,
+    b3_trace_id: Option<&'a HeaderValue>,
+    b3_span_id: Option<&'a HeaderValue>,
+    b3_sampled: Option<&'a HeaderValue>,
+    b3_flags: Option<&'a HeaderValue>,
+}
+
+// === impl Found ===
+
+impl<'a> Found<'a> {
+    /// One pass over the fields: a lookup per name would hash every one of them, and most
+    /// requests carry none.
+    fn scan(headers: &'a HeaderMap) -> Self {
+        let mut found = Found::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "traceparent" => &mut found.traceparent,
+                "tracestate" => &mut found.tracestate,
+                "b3" => &mut found.b3,
+                "x-b3-traceid" => &mut found.b3_trace_id,
+                "x-b3-spanid" => &mut found.b3_span_id,
+                "x-b3-sampled" => &mut found.b3_sampled,
+                "x-b3-flags" => &mut found.b3_flags,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
+
+    /// The caller's context: W3C `traceparent` first, then B3 single (`b3`), then `X-B3-*`.
+    fn parent(&self) -> Option<Parent> {
+        fn text(v: Option<&HeaderValue>) -> Option<&str> {
+            v.and_then(|v| v.to_str().ok())
+        }
+        if let Some(ctx) = text(self.traceparent).and_then(parse_traceparent) {
+            return Some(Parent {
+                ctx,
+                b3: if self.b3.is_some() {
+                    B3Format::Single
+                } else if self.b3_trace_id.is_some() {
+                    B3Format::Multi
+                } else {
+                    B3Format::None
+                },
+            });
+        }
+        if let Some(ctx) = text(self.b3).and_then(parse_b3_single) {
+            return Some(Parent {
+                ctx,
+                b3: B3Format::Single,
+            });
+        }
+        let trace_id = parse_trace_id(text(self.b3_trace_id)?)?;
+        let span_id = parse_hex::<8>(text(self.b3_span_id)?)?;
+        let sampled = match text(self.b3_sampled) {
+            Some(s) => s == "1" || s.eq_ignore_ascii_case("true"),
+            None => matches!(text(self.b3_flags), Some("1") | None),
+        };
+        Some(Parent {
+            ctx: SpanContext {
+                trace_id,
+                span_id,
+                sampled,
             },
-        });
+            b3: B3Format::Multi,
+        })
     }
-    if let Some(ctx) = text(&B3).and_then(parse_b3_single) {
-        return Some(Parent {
-            ctx,
-            b3: B3Format::Single,
-        });
-    }
-    let trace_id = parse_trace_id(text(&B3_TRACE_ID)?)?;
-    let span_id = parse_hex::<8>(text(&B3_SPAN_ID)?)?;
-    let sampled = match text(&B3_SAMPLED) {
-        Some(s) => s == "1" || s.eq_ignore_ascii_case("true"),
-        None => text(&B3_FLAGS) == Some("1") || text(&B3_FLAGS).is_none(),
-    };
-    Some(Parent {
-        ctx: SpanContext {
-            trace_id,
-            span_id,
-            sampled,
-        },
-        b3: B3Format::Multi,
-    })
 }
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -865,37 +920,110 @@ static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// Writes `ctx` (child of `parent_span`) as `traceparent`, and as B3 when the caller used B3.
-/// Every request goes through here: values are hex-encoded on the stack (no formatting), and
-/// names are static (inserting them copies nothing).
-fn inject(headers: &mut HeaderMap, ctx: &SpanContext, parent_span: [u8; 8], b3: B3Format) {
-    headers.insert(TRACEPARENT.clone(), header_value(&traceparent(ctx)));
-    let sampled = HeaderValue::from_static(if ctx.sampled { "1" } else { "0" });
-    match b3 {
-        B3Format::None => {}
-        B3Format::Single => {
-            // `{trace}-{span}-{sampled}-{parent}`
-            let mut v = [b'-'; 32 + 1 + 16 + 1 + 1 + 1 + 16];
-            hex_into(&ctx.trace_id, &mut v[..32]);
-            hex_into(&ctx.span_id, &mut v[33..49]);
-            v[50] = if ctx.sampled { b'1' } else { b'0' };
-            hex_into(&parent_span, &mut v[52..]);
-            headers.insert(B3.clone(), header_value(&v));
+/// The trace headers one attempt sends upstream, in place of any the client sent: W3C
+/// `traceparent` always, B3 as the caller used it. Every request has one: the values are
+/// hex-encoded on the stack (no formatting, no allocation) and written straight into an
+/// HTTP/1.1 request head, or inserted into an HTTP/2 request's headers.
+pub(crate) struct Propagation {
+    traceparent: [u8; 55],
+    b3: B3Out,
+}
+
+enum B3Out {
+    None,
+    /// `{trace}-{span}-{sampled}-{parent}`
+    Single([u8; 68]),
+    /// `X-B3-TraceId`, `-SpanId`, `-ParentSpanId` (hex) and `-Sampled`.
+    Multi {
+        trace: [u8; 32],
+        span: [u8; 16],
+        parent: [u8; 16],
+        sampled: bool,
+    },
+}
+
+static B3_MULTI: [&HeaderName; 5] = [
+    &B3_TRACE_ID,
+    &B3_SPAN_ID,
+    &B3_PARENT_SPAN_ID,
+    &B3_SAMPLED,
+    &B3_FLAGS,
+];
+
+// === impl Propagation ===
+
+impl Propagation {
+    /// `ctx` (child of `parent_span`) as `traceparent`, and as B3 when the caller used B3.
+    fn new(ctx: &SpanContext, parent_span: [u8; 8], b3: B3Format) -> Self {
+        let b3 = match b3 {
+            B3Format::None => B3Out::None,
+            B3Format::Single => {
+                let mut v = [b'-'; 32 + 1 + 16 + 1 + 1 + 1 + 16];
+                hex_into(&ctx.trace_id, &mut v[..32]);
+                hex_into(&ctx.span_id, &mut v[33..49]);
+                v[50] = if ctx.sampled { b'1' } else { b'0' };
+                hex_into(&parent_span, &mut v[52..]);
+                B3Out::Single(v)
+            }
+            B3Format::Multi => {
+                let (mut trace, mut span, mut parent) = ([0u8; 32], [0u8; 16], [0u8; 16]);
+                hex_into(&ctx.trace_id, &mut trace);
+                hex_into(&ctx.span_id, &mut span);
+                hex_into(&parent_span, &mut parent);
+                B3Out::Multi {
+                    trace,
+                    span,
+                    parent,
+                    sampled: ctx.sampled,
+                }
+            }
+        };
+        Propagation {
+            traceparent: traceparent(ctx),
+            b3,
         }
-        B3Format::Multi => {
-            let mut trace = [0u8; 32];
-            hex_into(&ctx.trace_id, &mut trace);
-            let (mut span, mut parent) = ([0u8; 16], [0u8; 16]);
-            hex_into(&ctx.span_id, &mut span);
-            hex_into(&parent_span, &mut parent);
-            headers.insert(B3_TRACE_ID.clone(), header_value(&trace));
-            headers.insert(B3_SPAN_ID.clone(), header_value(&span));
-            headers.insert(B3_PARENT_SPAN_ID.clone(), header_value(&parent));
-            headers.insert(B3_SAMPLED.clone(), sampled);
+    }
+
+    /// Whether the client's field `name` gives way to these (or goes: `X-B3-Flags` when
+    /// multi-header B3 is written).
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        *name == TRACEPARENT
+            || match self.b3 {
+                B3Out::None => false,
+                B3Out::Single(_) => *name == B3,
+                B3Out::Multi { .. } => B3_MULTI.contains(&name),
+            }
+    }
+
+    /// Calls `f` with each field's name and value.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&HeaderName, &[u8])) {
+        f(&TRACEPARENT, &self.traceparent);
+        match &self.b3 {
+            B3Out::None => {}
+            B3Out::Single(v) => f(&B3, v),
+            B3Out::Multi {
+                trace,
+                span,
+                parent,
+                sampled,
+            } => {
+                f(&B3_TRACE_ID, trace);
+                f(&B3_SPAN_ID, span);
+                f(&B3_PARENT_SPAN_ID, parent);
+                f(&B3_SAMPLED, if *sampled { b"1" } else { b"0" });
+            }
+        }
+    }
+
+    /// Sets the fields in `headers`, replacing the client's.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        if matches!(self.b3, B3Out::Multi { .. }) {
             headers.remove(&B3_FLAGS);
         }
+        self.for_each(|name, value| {
+            headers.insert(name.clone(), header_value(value));
+        });
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
@@ -25,8 +25,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{
     BodyReader, Error, MAX_HEADERS, Spans, Wire, bodiless, chunk_start, drop_length_if_chunked,
-    encode_fields, fields_of, has_token, keeps_alive, last_chunk, push_number, spans_of,
-    wants_upgrade, write_all_two,
+    encode_fields, fields_of, last_chunk, push_field, push_number, spans_of, uninit_headers,
+    write_all_two,
 };
 use crate::server::{Activity, HttpListener, IdleIo};
 use crate::{Body, BoxError};
@@ -103,16 +103,18 @@ pub(crate) async fn serve(
             Ok(head) => head,
             Err(HeadError::Closed) => return,
             Err(HeadError::Incomplete) => return ctx.count_error("incomplete"),
+            // The rare ends are boxed here and below: their futures (lingering reads into
+            // 4 KiB) would otherwise be room in every connection's task.
             Err(HeadError::TooLarge) => {
                 ctx.count_error("header_too_large");
                 let text = "skiff-proxy: request header fields too large\n";
                 let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-                return refuse(wire, wr, status, text).await;
+                return Box::pin(refuse(wire, wr, status, text)).await;
             }
             Err(HeadError::Malformed(what)) => {
                 ctx.count_error("malformed");
                 let text = format!("skiff-proxy: malformed request: {what}\n");
-                return refuse(wire, wr, StatusCode::BAD_REQUEST, &text).await;
+                return Box::pin(refuse(wire, wr, StatusCode::BAD_REQUEST, &text)).await;
             }
         };
         let guard = activity.begin();
@@ -149,9 +151,9 @@ pub(crate) async fn serve(
         if upgrade {
             req.extensions_mut().insert(SplicedHere);
         }
-        // Boxed: held inline, the request's future (~3 KiB) would be room in every idle
-        // connection's task.
-        let resp = Box::pin(ctx.handle(req, peer)).await;
+        // Held inline (~3 KiB of the connection's task): boxed, every request paid for an
+        // allocation outside the allocator's thread cache and a copy of the whole future.
+        let resp = ctx.handle(req, peer).await;
         let mut whole = true;
         wire = match wire_slot {
             Some(w) => w,
@@ -167,14 +169,14 @@ pub(crate) async fn serve(
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             drop(guard);
-            return splice(wire, wr, resp).await;
+            return Box::pin(splice(wire, wr, resp)).await;
         }
-        let close = !keep_alive || !whole || activity.is_shut() || says_close(resp.headers());
-        let written = write_response(&mut wr, resp, version, head_request, close).await;
+        let close = !keep_alive || !whole || activity.is_shut();
+        let (written, close) = write_response(&mut wr, resp, version, head_request, close).await;
         drop(guard);
         if written && !whole {
             // Answered without reading the whole request body.
-            return linger(&mut wire, &mut wr).await;
+            return Box::pin(linger(&mut wire, &mut wr)).await;
         }
         if !written || close {
             let _ = wr.shutdown().await;
@@ -217,9 +219,9 @@ async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
 fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError> {
     let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, method, path, minor, n) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let status = match req.parse(buf) {
+        let mut headers = uninit_headers();
+        let mut req = httparse::Request::new(&mut []);
+        let status = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(status) => status,
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(_) => return Err(HeadError::Malformed("invalid request head")),
@@ -243,9 +245,9 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError>
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = fields_of(&head, &spans[..n]).map_err(HeadError::Malformed)?;
-    let both = drop_length_if_chunked(&mut headers);
-    let body = BodyReader::for_request(&headers).map_err(|e| match e {
+    let (mut headers, mut facts) = fields_of(&head, &spans[..n]).map_err(HeadError::Malformed)?;
+    let both = drop_length_if_chunked(&mut headers, &mut facts);
+    let body = BodyReader::for_request(&facts).map_err(|e| match e {
         Error::Invalid(what) => HeadError::Malformed(what),
         _ => HeadError::Malformed("invalid body framing"),
     })?;
@@ -254,15 +256,13 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError>
     } else {
         Version::HTTP_11
     };
-    let keep_alive = !both && keeps_alive(minor, &headers);
-    let expect_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let keep_alive = !both && facts.keeps_alive(minor);
+    let expect_continue = facts.expect_continue;
     if expect_continue {
         // Answered here; the upstream gets the body without waiting.
         headers.remove(header::EXPECT);
     }
-    let upgrade = wants_upgrade(version, &headers);
+    let upgrade = facts.wants_upgrade(version);
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -277,10 +277,6 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError>
     }))
 }
 
-fn says_close(headers: &HeaderMap) -> bool {
-    has_token(headers, header::CONNECTION, "close")
-}
-
 /// How a response body goes on the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Out {
@@ -290,25 +286,46 @@ enum Out {
     UntilClose,
 }
 
-/// Writes `resp` (head, then its body as it comes); false when the connection cannot go on
-/// (a write failed, or the body failed or ended short of its length).
+/// Writes `resp` (head, then its body as it comes), closing after it when `close` or when the
+/// response says so. Whether it was written whole, and whether the connection closes after
+/// it (false, false when it cannot go on: a write failed, or the body failed or ended short
+/// of its length).
 async fn write_response(
     wr: &mut WriteSide,
     resp: Response<Body>,
     version: Version,
     head_request: bool,
     close: bool,
-) -> bool {
+) -> (bool, bool) {
     use Out::Chunked;
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    let no_body = bodiless(head_request, status);
-    let given_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let out = if no_body {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    // The fields, and what framing needs of them, in one pass.
+    let (mut given_length, mut length_seen, mut date, mut says_close) = (None, false, false, false);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH && !length_seen {
+            length_seen = true;
+            given_length = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        } else if name == header::DATE {
+            date = true;
+        } else if name == header::CONNECTION && !says_close {
+            says_close = value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        }
+        push_field(&mut buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let close = close || says_close;
+    let out = if bodiless(head_request, status) {
         Out::None
     } else if let Some(n) = given_length {
         Out::Length(n)
@@ -319,13 +336,6 @@ async fn write_response(
     } else {
         Out::UntilClose
     };
-    let mut buf = Vec::with_capacity(256);
-    buf.extend_from_slice(b"HTTP/1.1 ");
-    buf.extend_from_slice(status.as_str().as_bytes());
-    buf.push(b' ');
-    buf.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-    buf.extend_from_slice(b"\r\n");
-    encode_fields(&parts.headers, &mut buf);
     if let (Out::Length(n), None) = (out, given_length) {
         buf.extend_from_slice(b"content-length: ");
         push_number(&mut buf, n, false);
@@ -334,19 +344,28 @@ async fn write_response(
     if out == Chunked {
         buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !date {
         buf.extend_from_slice(b"date: ");
-        date(&mut buf);
+        self::date(&mut buf);
         buf.extend_from_slice(b"\r\n");
     }
-    if close || out == Out::UntilClose {
-        if !says_close(&parts.headers) {
+    let close = close || out == Out::UntilClose;
+    if close {
+        if !says_close {
             buf.extend_from_slice(b"connection: close\r\n");
         }
     } else if version == Version::HTTP_10 {
         buf.extend_from_slice(b"connection: keep-alive\r\n");
     }
     buf.extend_from_slice(b"\r\n");
+    let written = write_body(wr, &mut body, out, buf).await;
+    (written, close)
+}
+
+/// Writes `buf` (the head) and `body` as `out` frames it; false when the connection cannot
+/// go on.
+async fn write_body(wr: &mut WriteSide, body: &mut Body, out: Out, mut buf: Vec<u8>) -> bool {
+    use Out::Chunked;
     if out == Out::None {
         return wr.write_all(&buf).await.is_ok();
     }

@@ -34,6 +34,23 @@ fn get(path: &str) -> http::request::Parts {
     parts
 }
 
+/// [`encode_request`] with the fields of `parts` as they are.
+fn encode_as_given(
+    parts: &http::request::Parts,
+    body: Body,
+    out: &mut Vec<u8>,
+) -> Option<(Body, bool)> {
+    encode_request(
+        parts,
+        |out| {
+            encode_fields(&parts.headers, out);
+            parts.headers.contains_key(header::CONTENT_LENGTH)
+        },
+        body,
+        out,
+    )
+}
+
 fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
@@ -55,7 +72,7 @@ async fn a_content_length_response_leaves_the_connection_reusable() {
         exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\nx-a: 2\r\n\r\nhello").await;
     let parts = get("/orders?id=7");
     let mut head = Vec::new();
-    let mut rest = encode_request(&parts, empty(), &mut head);
+    let mut rest = encode_as_given(&parts, empty(), &mut head);
     assert!(rest.is_none());
     assert!(conn.write_request(&head, &mut rest).await.unwrap());
     let (resp, mut reader) = conn.read_head(&Method::GET, true).await.unwrap();
@@ -84,7 +101,7 @@ async fn chunked_responses_keep_their_trailers_and_skip_interim_ones() {
     )
     .await;
     let mut head = Vec::new();
-    let mut rest = encode_request(&get("/"), empty(), &mut head);
+    let mut rest = encode_as_given(&get("/"), empty(), &mut head);
     assert!(conn.write_request(&head, &mut rest).await.unwrap());
     let (resp, mut reader) = conn.read_head(&Method::GET, true).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -108,7 +125,7 @@ async fn a_response_without_length_is_read_until_close_and_not_reused() {
     });
     let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let mut head = Vec::new();
-    let mut rest = encode_request(&get("/"), empty(), &mut head);
+    let mut rest = encode_as_given(&get("/"), empty(), &mut head);
     assert!(conn.write_request(&head, &mut rest).await.unwrap());
     let (_, mut reader) = conn.read_head(&Method::GET, true).await.unwrap();
     let (data, _) = read_all(&mut conn, &mut reader).await;
@@ -125,7 +142,7 @@ async fn head_and_no_content_answers_have_no_body_and_closing_ones_are_not_reuse
     parts
         .headers
         .insert(header::HOST, HeaderValue::from_static("o"));
-    let mut rest = encode_request(&parts, empty(), &mut head);
+    let mut rest = encode_as_given(&parts, empty(), &mut head);
     assert!(conn.write_request(&head, &mut rest).await.unwrap());
     let (resp, reader) = conn.read_head(&Method::HEAD, true).await.unwrap();
     assert_eq!(resp.headers()["content-length"], "99");
@@ -141,19 +158,19 @@ async fn request_bodies_are_framed_by_length_or_chunked() {
     let body = Full::new(Bytes::from_static(b"hi"))
         .map_err(|never| match never {})
         .boxed();
-    assert!(encode_request(&parts, body, &mut head).is_none());
+    assert!(encode_as_given(&parts, body, &mut head).is_none());
     assert!(head.ends_with(b"content-length: 2\r\n\r\nhi"), "{head:?}");
     // Unknown length: chunked, streamed after the head.
     let mut head = Vec::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::BoxError>>(1);
     let stream = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed();
-    let rest = encode_request(&parts, stream, &mut head);
+    let rest = encode_as_given(&parts, stream, &mut head);
     assert!(head.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
     assert!(matches!(rest, Some((_, true))));
     drop(tx);
     // Empty POST: an explicit zero length.
     let mut head = Vec::new();
-    assert!(encode_request(&parts, empty(), &mut head).is_none());
+    assert!(encode_as_given(&parts, empty(), &mut head).is_none());
     assert!(head.ends_with(b"content-length: 0\r\n\r\n"));
 }
 
@@ -168,7 +185,7 @@ fn tokio_stream_from(
 async fn a_closed_connection_is_not_usable_and_bad_heads_are_errors() {
     let (mut conn, upstream) = exchange(b"HTTP/1.1 2x0 OK\r\n\r\n").await;
     let mut head = Vec::new();
-    let mut rest = encode_request(&get("/"), empty(), &mut head);
+    let mut rest = encode_as_given(&get("/"), empty(), &mut head);
     assert!(conn.write_request(&head, &mut rest).await.unwrap());
     assert!(matches!(
         conn.read_head(&Method::GET, true).await,
@@ -177,7 +194,7 @@ async fn a_closed_connection_is_not_usable_and_bad_heads_are_errors() {
     upstream.abort();
     let (mut conn, upstream) = exchange(b"").await;
     let mut head = Vec::new();
-    let mut rest = encode_request(&get("/"), empty(), &mut head);
+    let mut rest = encode_as_given(&get("/"), empty(), &mut head);
     assert!(conn.write_request(&head, &mut rest).await.unwrap());
     upstream.abort();
     let _ = upstream.await;
@@ -205,7 +222,7 @@ async fn an_answer_before_the_whole_body_stops_the_upload_and_the_reuse() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::BoxError>>(1);
     let stream = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed();
     let mut head = Vec::new();
-    let mut rest = encode_request(&parts, stream, &mut head);
+    let mut rest = encode_as_given(&parts, stream, &mut head);
     tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
         .await
         .unwrap();
@@ -220,4 +237,73 @@ async fn an_answer_before_the_whole_body_stops_the_upload_and_the_reuse() {
         "a connection with half a request body on it is not reused"
     );
     drop(tx);
+}
+
+/// The facts of a head whose fields are `fields`.
+fn facts_of(fields: &[(&str, &str)]) -> Facts {
+    let mut facts = Facts::default();
+    for (name, value) in fields {
+        facts.note(
+            &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.as_bytes(),
+        );
+    }
+    facts
+}
+
+#[test]
+fn facts_read_framing_and_connection_fields_in_one_pass() {
+    let f = facts_of(&[("Content-Length", "5"), ("content-length", "5, 5")]);
+    assert_eq!(
+        f.content_length().unwrap(),
+        Some(5),
+        "repeated equal values are one"
+    );
+    let f = facts_of(&[("content-length", "5"), ("content-length", "6")]);
+    assert!(f.content_length().is_err(), "conflicting lengths");
+    let f = facts_of(&[("content-length", "five")]);
+    assert!(f.content_length().is_err(), "not a number");
+    assert!(BodyReader::for_request(&f).is_err());
+
+    let f = facts_of(&[
+        ("transfer-encoding", "chunked"),
+        ("transfer-encoding", "gzip, chunked"),
+    ]);
+    assert!(f.transfer_encoding && f.chunked_last);
+    let f = facts_of(&[("transfer-encoding", "chunked, gzip")]);
+    assert!(f.transfer_encoding && !f.chunked_last);
+    assert!(BodyReader::for_request(&f).is_err(), "chunked is not last");
+
+    let f = facts_of(&[
+        ("connection", "Keep-Alive"),
+        ("connection", "x-foo, Upgrade"),
+    ]);
+    assert!(f.keeps_alive(0) && f.keeps_alive(1));
+    assert!(!f.wants_upgrade(Version::HTTP_11), "no Upgrade field");
+    let f = facts_of(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+    assert!(f.wants_upgrade(Version::HTTP_11) && !f.wants_upgrade(Version::HTTP_10));
+    let f = facts_of(&[("connection", "close")]);
+    assert!(!f.keeps_alive(1) && !f.keeps_alive(0));
+
+    let f = facts_of(&[("expect", "100-Continue"), ("expect", "other")]);
+    assert!(f.expect_continue, "the first Expect counts");
+    // A value that is not visible ASCII is passed over, as `HeaderValue::to_str` would.
+    let f = facts_of(&[("connection", "close\u{7f}")]);
+    assert!(!f.close);
+}
+
+#[test]
+fn a_head_framed_both_ways_loses_its_length() {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let mut facts = facts_of(&[("content-length", "3"), ("transfer-encoding", "chunked")]);
+    assert!(drop_length_if_chunked(&mut headers, &mut facts));
+    assert!(!headers.contains_key(header::CONTENT_LENGTH));
+    assert_eq!(facts.content_length().unwrap(), None);
+    let mut only_length = facts_of(&[("content-length", "3")]);
+    assert!(!drop_length_if_chunked(&mut headers, &mut only_length));
 }

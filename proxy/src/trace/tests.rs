@@ -45,9 +45,8 @@ fn w3c_context_is_continued_with_child_spans() {
     assert!(server.ctx.sampled);
     let mut up = h.clone();
     let addr = "127.0.0.1:1".parse().unwrap();
-    let _c = tracer.client_span(
+    let (_c, propagation) = tracer.client_span(
         &server,
-        &mut up,
         &Method::GET,
         &AttemptInfo {
             endpoint: addr,
@@ -56,6 +55,7 @@ fn w3c_context_is_continued_with_child_spans() {
             start: Instant::now(),
         },
     );
+    propagation.apply(&mut up);
     let tp = up["traceparent"].to_str().unwrap();
     assert!(
         tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-01"),
@@ -76,9 +76,8 @@ fn an_unsampled_parent_stays_unsampled() {
     let server = tracer.server_span(&request(&h));
     assert!(!server.ctx.sampled);
     let mut up = HeaderMap::new();
-    let _c = tracer.client_span(
+    let (_c, propagation) = tracer.client_span(
         &server,
-        &mut up,
         &Method::GET,
         &AttemptInfo {
             endpoint: "127.0.0.1:1".parse().unwrap(),
@@ -87,6 +86,7 @@ fn an_unsampled_parent_stays_unsampled() {
             start: Instant::now(),
         },
     );
+    propagation.apply(&mut up);
     assert!(up["traceparent"].to_str().unwrap().ends_with("-00"));
 }
 
@@ -139,9 +139,8 @@ fn b3_single_and_multi_are_read_and_written_back() {
     let server = tracer.server_span(&request(&multi));
     assert_eq!(hex(&server.ctx.trace_id), TRACE);
     let mut up = multi.clone();
-    let _c = tracer.client_span(
+    let (_c, propagation) = tracer.client_span(
         &server,
-        &mut up,
         &Method::GET,
         &AttemptInfo {
             endpoint: "127.0.0.1:1".parse().unwrap(),
@@ -150,6 +149,7 @@ fn b3_single_and_multi_are_read_and_written_back() {
             start: Instant::now(),
         },
     );
+    propagation.apply(&mut up);
     assert_eq!(up["x-b3-traceid"], TRACE);
     assert_eq!(up["x-b3-parentspanid"], hex(&server.ctx.span_id).as_str());
     assert_ne!(up["x-b3-spanid"], SPAN);
@@ -157,9 +157,8 @@ fn b3_single_and_multi_are_read_and_written_back() {
 
     let server = tracer.server_span(&request(&single));
     let mut up = single.clone();
-    let _c = tracer.client_span(
+    let (_c, propagation) = tracer.client_span(
         &server,
-        &mut up,
         &Method::GET,
         &AttemptInfo {
             endpoint: "127.0.0.1:1".parse().unwrap(),
@@ -168,6 +167,7 @@ fn b3_single_and_multi_are_read_and_written_back() {
             start: Instant::now(),
         },
     );
+    propagation.apply(&mut up);
     let b3 = up["b3"].to_str().unwrap();
     assert!(
         b3.starts_with(TRACE) && b3.ends_with(&hex(&server.ctx.span_id)),
@@ -181,10 +181,9 @@ fn ratio_sampling_is_deterministic_per_trace() {
         parent_based: true,
         ratio: 0.25,
     };
-    let mut rng = rand::rng();
     let mut sampled = 0;
     for _ in 0..4000 {
-        let id: [u8; 16] = random_nonzero(&mut rng);
+        let id: [u8; 16] = random_nonzero();
         let first = s.sample(None, &id);
         assert_eq!(first, s.sample(None, &id));
         sampled += usize::from(first);
@@ -391,7 +390,7 @@ fn stack_encoded_context_matches_the_formats() {
     let parent = [0xab, 0, 0, 0, 0, 0, 0, 0x01];
     assert_eq!(hex(&ctx.span_id), SPAN);
     let mut h = HeaderMap::new();
-    inject(&mut h, &ctx, parent, B3Format::Single);
+    Propagation::new(&ctx, parent, B3Format::Single).apply(&mut h);
     assert_eq!(h["traceparent"], format!("00-{TRACE}-{SPAN}-01").as_str());
     assert_eq!(
         h["b3"],
@@ -402,11 +401,40 @@ fn stack_encoded_context_matches_the_formats() {
         ..ctx.clone()
     };
     let mut h = headers(&[("x-b3-flags", "1")]);
-    inject(&mut h, &unsampled, parent, B3Format::Multi);
+    Propagation::new(&unsampled, parent, B3Format::Multi).apply(&mut h);
     assert_eq!(h["traceparent"], format!("00-{TRACE}-{SPAN}-00").as_str());
     assert_eq!(h["x-b3-traceid"], TRACE);
     assert_eq!(h["x-b3-spanid"], SPAN);
     assert_eq!(h["x-b3-parentspanid"], "ab00000000000001");
     assert_eq!(h["x-b3-sampled"], "0");
     assert!(!h.contains_key("x-b3-flags"));
+}
+
+#[test]
+fn propagation_writes_the_fields_it_replaces() {
+    let ctx = SpanContext {
+        trace_id: [7; 16],
+        span_id: [9; 8],
+        sampled: true,
+    };
+    for format in [B3Format::None, B3Format::Single, B3Format::Multi] {
+        let p = Propagation::new(&ctx, [1; 8], format);
+        let mut written = HeaderMap::new();
+        p.for_each(|name, value| {
+            assert!(p.replaces(name), "{name}");
+            written.append(name.clone(), HeaderValue::from_bytes(value).unwrap());
+        });
+        let mut applied = headers(&[("x-b3-flags", "1"), ("x-other", "1")]);
+        p.apply(&mut applied);
+        assert_eq!(applied["x-other"], "1", "{format:?}");
+        assert_eq!(
+            applied.contains_key("x-b3-flags"),
+            format != B3Format::Multi,
+            "multi-header B3 drops the caller's flags"
+        );
+        applied.remove("x-other");
+        applied.remove("x-b3-flags");
+        assert_eq!(written, applied, "{format:?}");
+        assert!(!p.replaces(&HeaderName::from_static("x-other")));
+    }
 }
