@@ -23,6 +23,7 @@ pub mod process;
 pub mod registry;
 pub mod table;
 pub mod telemetry;
+pub mod wrk;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -107,6 +108,9 @@ pub struct BenchOptions {
     pub install_missing: bool,
     /// Times each row is measured (alternating the order); figures are the medians.
     pub rounds: usize,
+    /// Drive the closed-loop phase with wrk when it is installed (see `bench/wrk.rs`);
+    /// else with our own generator.
+    pub wrk: bool,
 }
 
 // === impl BenchOptions ===
@@ -138,6 +142,7 @@ impl BenchOptions {
             load_cpu: Some(1),
             install_missing: true,
             rounds: 1,
+            wrk: true,
         }
     }
 
@@ -247,7 +252,18 @@ pub async fn bench_proxy(opts: BenchOptions) -> Result<BenchReport, LoadtestErro
         .map(|path| path.display().to_string())
         .unwrap_or_else(|_| "skiff".to_string());
     let origin = start_origin(&opts, &exe, dir.path(), load_cpu, &mut notes).await?;
+    let wrk = opts.wrk.then(|| process::find_program("wrk")).flatten();
+    notes.push(match (&wrk, opts.wrk) {
+        (Some(_), _) => format!(
+            "closed-loop phase driven by wrk {} (one thread, {} connections), the open-loop phase by skiff's own generator",
+            program_version("wrk", &["-v"]).unwrap_or_default(),
+            opts.max_connections
+        ),
+        (None, true) => "wrk not found: the closed-loop phase is driven by skiff's own generator, which may saturate its core before the proxy does".into(),
+        (None, false) => "closed-loop phase driven by skiff's own generator".into(),
+    });
     let ctx = Context {
+        wrk,
         opts: &opts,
         dir: dir.path(),
         exe,
@@ -403,10 +419,14 @@ async fn ensure_peers(
         })
         .collect();
     let mut missing = BTreeMap::new();
-    if wanted.is_empty() {
+    let want_wrk = opts.wrk && process::find_program("wrk").is_none();
+    if wanted.is_empty() && !want_wrk {
         return missing;
     }
-    let packages: Vec<&str> = wanted.iter().map(|(_, program)| *program).collect();
+    let mut packages: Vec<&str> = wanted.iter().map(|(_, program)| *program).collect();
+    if want_wrk {
+        packages.push("wrk");
+    }
     if opts.install_missing {
         match process::apt_install(&packages, &dir.join("apt.log")).await {
             Ok(()) => notes.push(format!("installed {} with apt-get", packages.join(" "))),
@@ -554,11 +574,13 @@ struct Context<'a> {
     proxy_cpu: Option<usize>,
     load_cpu: Option<usize>,
     ticks_per_second: u64,
+    /// The closed-loop phase's generator: wrk, or ours when `None`.
+    wrk: Option<PathBuf>,
 }
 
 struct Phases {
     warmup_responses: u64,
-    max: Report,
+    max: MaxRun,
     rate: Report,
     cpu: Option<(u64, f64)>,
     upstream: Option<f64>,
@@ -776,11 +798,35 @@ impl Context<'_> {
         warmup.connections = opts.max_connections;
         let warmup_responses = run_pinned(warmup, self.load_cpu).await?.responses;
 
-        let mut max = LoadOptions::max(url, opts.max_duration);
-        max.connections = opts.max_connections;
         let before = proxy.and_then(Managed::stats);
         let max_started = Instant::now();
-        let max_report = run_pinned(max, self.load_cpu).await?;
+        let max_report = match &self.wrk {
+            Some(program) => {
+                let run = wrk::run(
+                    program,
+                    url,
+                    opts.max_connections,
+                    opts.max_duration,
+                    self.load_cpu,
+                )
+                .await?;
+                MaxRun {
+                    throughput: run.throughput(),
+                    responses: run.responses,
+                    errors: run.errors,
+                }
+            }
+            None => {
+                let mut max = LoadOptions::max(url, opts.max_duration);
+                max.connections = opts.max_connections;
+                let report = run_pinned(max, self.load_cpu).await?;
+                MaxRun {
+                    throughput: report.throughput,
+                    responses: report.responses,
+                    errors: report.errors.total(),
+                }
+            }
+        };
         let max_wall = max_started.elapsed().as_secs_f64();
         let after = proxy.and_then(Managed::stats);
         let cpu = before
@@ -814,7 +860,7 @@ impl Context<'_> {
 #[allow(clippy::cast_precision_loss)]
 fn fill(row: &mut BenchRow, phases: &Phases, end: Option<ProcStats>, ticks_per_second: u64) {
     row.max_throughput = Some(phases.max.throughput);
-    row.errors = phases.max.errors.total() + phases.rate.errors.total() + phases.rate.not_sent;
+    row.errors = phases.max.errors + phases.rate.errors.total() + phases.rate.not_sent;
     row.latency = Some(phases.rate.latency.clone());
     row.new_upstream_connections_per_1000 = phases.upstream;
     row.peak_rss_kib = end.map(|stats| stats.peak_rss_kib);
@@ -852,6 +898,13 @@ async fn sidecar_telemetry(
         otlp_requests: received.map(|(requests, _)| requests),
         otlp_bytes: received.map(|(_, bytes)| bytes),
     }
+}
+
+/// The closed-loop phase's figures, from whichever generator drove it.
+struct MaxRun {
+    throughput: f64,
+    responses: u64,
+    errors: u64,
 }
 
 /// `connections_accepted`, `requests` of the demo app's `/stats`.

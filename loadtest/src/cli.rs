@@ -230,9 +230,13 @@ pub struct BenchProxyArgs {
     /// Registry URL given to the sidecar.
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,
-    /// Do not apt-get install missing haproxy/nginx (their rows are skipped).
+    /// Do not apt-get install missing haproxy/nginx/wrk (their rows are skipped; the
+    /// closed-loop phase then uses skiff's own generator).
     #[arg(long)]
     pub no_install: bool,
+    /// Drive the closed-loop phase with skiff's own generator, not wrk.
+    #[arg(long)]
+    pub own_generator: bool,
     #[arg(long, value_enum, default_value_t = Format::Markdown)]
     pub format: Format,
     /// Write the report here instead of stdout.
@@ -414,6 +418,7 @@ impl BenchProxyArgs {
         }
         opts.registry_url = self.registry;
         opts.install_missing = !self.no_install;
+        opts.wrk = !self.own_generator;
         opts.rounds = self.rounds as usize;
         opts.budget *= self.rounds;
         opts

@@ -18,6 +18,7 @@ fn tiny(peers: Vec<Peer>) -> BenchOptions {
         proxy_cpu: None,
         load_cpu: None,
         install_missing: false,
+        wrk: false,
         ..BenchOptions::quick()
     }
 }
@@ -35,6 +36,23 @@ async fn direct_row_measures_throughput_and_latency_without_errors() {
     let markdown = report.to_markdown();
     assert!(markdown.contains("| direct |"), "{markdown}");
     assert!(markdown.contains("Latency at 500 req/s over 4 connections"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrk_drives_the_closed_loop_phase() {
+    // scripts/test installs wrk (Debian `wrk`).
+    let mut opts = tiny(vec![Peer::Direct]);
+    opts.wrk = true;
+    opts.max_duration = Duration::from_secs(1);
+    let report = bench_proxy(opts).await.unwrap();
+    assert!(
+        report.notes.iter().any(|n| n.contains("driven by wrk")),
+        "{:?}",
+        report.notes
+    );
+    let row = &report.rows[0];
+    assert_eq!((row.skipped.as_deref(), row.errors), (None, 0));
+    assert!(row.max_throughput.unwrap() > 100.0, "{row:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

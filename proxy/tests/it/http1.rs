@@ -96,6 +96,33 @@ async fn http_1_0_clients_get_their_answer_and_a_close_unless_they_keep_alive() 
 }
 
 #[tokio::test]
+async fn an_answer_of_unknown_length_to_http_1_0_ends_with_the_connection() {
+    let up = Upstream::start("orders").await;
+    // A streamed body (chunked upstream): an HTTP/1.0 client can only be told where it ends by
+    // the connection closing, keep-alive or not.
+    up.set(Behavior::Grpc {
+        status: 0,
+        trailers_only: false,
+    });
+    let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    send(
+        &mut s,
+        b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\nconnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("the connection closed after the answer")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    assert!(!out.contains("transfer-encoding"), "{out}");
+    assert!(out.ends_with("\r\n\r\norders"), "{out}");
+}
+
+#[tokio::test]
 async fn expect_100_continue_gets_a_continue_then_the_answer() {
     let (_up, _proxy, mut s) = orders_connection().await;
     send(&mut s, b"PUT http://orders:8080/x HTTP/1.1\r\nhost: orders:8080\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n").await;
