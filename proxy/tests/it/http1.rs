@@ -39,6 +39,19 @@ async fn send(s: &mut TcpStream, bytes: &[u8]) {
     s.write_all(bytes).await.unwrap();
 }
 
+/// Sends `request` on a new connection to the sidecar's HTTP listener; everything that came
+/// back once the sidecar closed it (within 5 s).
+async fn answer_then_close(proxy: &Proxy, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    send(&mut s, request).await;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("the connection closed after the answer")
+        .unwrap();
+    out
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
@@ -72,17 +85,11 @@ async fn http_1_0_clients_get_their_answer_and_a_close_unless_they_keep_alive() 
     let up = Upstream::start("orders").await;
     let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
     // Plain HTTP/1.0: answered, then closed.
-    let mut s = TcpStream::connect(proxy.http).await.unwrap();
-    send(
-        &mut s,
+    let out = answer_then_close(
+        &proxy,
         b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\n\r\n",
     )
     .await;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("the connection closed after the answer")
-        .unwrap();
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.contains("content-length: 6\r\n"), "{out}");
     assert!(out.ends_with("\r\n\r\norders"), "{out}");
@@ -105,17 +112,11 @@ async fn an_answer_of_unknown_length_to_http_1_0_ends_with_the_connection() {
         trailers_only: false,
     });
     let proxy = Proxy::single("orders", "orders:8080", "o", up.addr).await;
-    let mut s = TcpStream::connect(proxy.http).await.unwrap();
-    send(
-        &mut s,
+    let out = answer_then_close(
+        &proxy,
         b"GET http://orders:8080/ HTTP/1.0\r\nhost: orders:8080\r\nconnection: keep-alive\r\n\r\n",
     )
     .await;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("the connection closed after the answer")
-        .unwrap();
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.contains("connection: close\r\n"), "{out}");
     assert!(!out.contains("transfer-encoding"), "{out}");
