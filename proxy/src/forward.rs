@@ -539,8 +539,7 @@ pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one scan of the names instead of a lookup per name.
-    if !headers.keys().any(|n| is_hop_by_hop(n) || n == header::TE) {
+    if !has_hop_by_hop(headers) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -568,83 +567,78 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Headers added to the upstream copy (trace context, Host, Connection) without regrowing it.
 const ADDED_HEADERS: usize = 3;
 
-/// Whether a field of `src` stays out of the upstream copy: hop-by-hop ones, those named by
-/// `Connection`, and TE but for `trailers`. `hop` says whether `src` has any of them at all
-/// (most requests have none: then nothing is looked up).
-struct HopFilter<'a> {
-    src: &'a HeaderMap,
-    hop: bool,
-    connection: bool,
-    te_ok: bool,
+/// Whether `headers` has a hop-by-hop field or TE. Most messages carry none: one scan of the
+/// names instead of a lookup per name.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|n| is_hop_by_hop(n) || n == header::TE)
 }
 
-impl<'a> HopFilter<'a> {
-    fn new(src: &'a HeaderMap) -> Self {
-        let hop = src.keys().any(|n| is_hop_by_hop(n) || n == header::TE);
-        HopFilter {
-            src,
-            hop,
-            connection: hop && src.contains_key(header::CONNECTION),
-            te_ok: !hop || src.get(header::TE).is_none_or(|te| te == "trailers"),
+/// Calls `f` with each of the client's fields as it goes upstream: hop-by-hop ones, those
+/// named by `Connection` and TE but for `trailers` left out; then, for a protocol switch,
+/// `Upgrade` and `Connection: upgrade` again.
+fn for_each_upstream_field(
+    src: &HeaderMap,
+    upgrade: bool,
+    mut f: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    // (Connection present, TE acceptable) when there is anything to leave out.
+    let filter = has_hop_by_hop(src).then(|| {
+        (
+            src.contains_key(header::CONNECTION),
+            src.get(header::TE).is_none_or(|te| te == "trailers"),
+        )
+    });
+    for (name, value) in src {
+        let drop = filter.is_some_and(|(connection, te_ok)| {
+            is_hop_by_hop(name)
+                || (name == header::TE && !te_ok)
+                || (connection && connection_has(src, name.as_str()))
+        });
+        if !drop {
+            f(name, value);
         }
     }
-
-    fn drops(&self, name: &HeaderName) -> bool {
-        self.hop
-            && (is_hop_by_hop(name)
-                || (name == header::TE && !self.te_ok)
-                || (self.connection && connection_has(self.src, name.as_str())))
+    if upgrade && let Some(up) = src.get(header::UPGRADE) {
+        f(&header::UPGRADE, up);
+        f(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
     }
 }
 
 /// The client's headers as sent upstream over HTTP/2: copied once, minus hop-by-hop ones
-/// (those named by `Connection` too), into a map with room for what the proxy adds.
+/// (see [`for_each_upstream_field`]), into a map with room for what the proxy adds.
 fn upstream_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
-    let filter = HopFilter::new(src);
     // Most requests carry no hop-by-hop header: a clone copies the map as it is (no rehashing).
-    if !upgrade && !filter.hop {
+    if !upgrade && !has_hop_by_hop(src) {
         let mut out = src.clone();
         out.reserve(ADDED_HEADERS);
         return out;
     }
     let mut out = HeaderMap::with_capacity(src.len() + ADDED_HEADERS);
-    for (name, value) in src {
-        if !filter.drops(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    if upgrade && let Some(up) = src.get(header::UPGRADE) {
-        out.insert(header::UPGRADE, up.clone());
-        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
+    for_each_upstream_field(src, upgrade, |name, value| {
+        out.append(name.clone(), value.clone());
+    });
     out
 }
 
-/// The client's fields as sent upstream over HTTP/1.1, written straight into the request head:
-/// hop-by-hop ones (and those `Connection` names) left out, the attempt's trace context in
-/// place of the client's, Host from an absolute-form URI when the client sent none. Whether
-/// a Content-Length was among them.
+/// The client's fields as sent upstream over HTTP/1.1 (see [`for_each_upstream_field`]),
+/// written straight into the request head: the attempt's trace context in place of the
+/// client's, Host from an absolute-form URI when the client sent none. Whether a
+/// Content-Length was among them.
 fn write_h1_fields(
     parts: &Parts,
     upgrade: bool,
     propagation: &Propagation,
     out: &mut Vec<u8>,
 ) -> bool {
-    let src = &parts.headers;
-    let filter = HopFilter::new(src);
     let (mut host, mut length) = (false, false);
-    for (name, value) in src {
-        if filter.drops(name) || propagation.replaces(name) {
-            continue;
+    for_each_upstream_field(&parts.headers, upgrade, |name, value| {
+        if propagation.replaces(name) {
+            return;
         }
         host |= name == header::HOST;
         length |= name == header::CONTENT_LENGTH;
         crate::h1::push_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if upgrade && let Some(up) = src.get(header::UPGRADE) {
-        crate::h1::push_field(out, b"upgrade", up.as_bytes());
-        crate::h1::push_field(out, b"connection", b"upgrade");
-    }
+    });
     if !host && let Some(a) = parts.uri.authority() {
         crate::h1::push_field(out, b"host", a.as_str().as_bytes());
     }

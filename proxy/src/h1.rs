@@ -536,8 +536,7 @@ fn drop_length_if_chunked(headers: &mut HeaderMap, facts: &mut Facts) -> bool {
 
 /// What framing and connection handling need of a head's fields, noted while
 /// [`fields_of`] reads them: one pass, where a lookup per question would hash the names
-/// again and again. Values that are not visible ASCII are passed over, as
-/// [`HeaderValue::to_str`] would.
+/// again and again. Values that are not visible ASCII are passed over (see [`value_tokens`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Facts {
     /// A `Content-Length` field, its value, and what was wrong with its values if anything.
@@ -561,18 +560,10 @@ pub(crate) struct Facts {
 // === impl Facts ===
 
 impl Facts {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
-        let text = || {
-            value
-                .iter()
-                .all(|&b| (b' '..0x7f).contains(&b) || b == b'\t')
-                .then(|| std::str::from_utf8(value).ok())
-                .flatten()
-        };
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::CONTENT_LENGTH {
             self.length_seen = true;
-            let Some(v) = text() else { return };
-            for t in v.split(',').map(str::trim) {
+            for t in value_tokens(value) {
                 match t.parse::<u64>() {
                     Err(_) => {
                         self.bad_length.get_or_insert("bad content-length");
@@ -585,15 +576,11 @@ impl Facts {
             }
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
-            if let Some(v) = text() {
-                self.chunked_last = v
-                    .split(',')
-                    .next_back()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+            if let Some(last) = value_tokens(value).last() {
+                self.chunked_last = last.eq_ignore_ascii_case("chunked");
             }
         } else if *name == header::CONNECTION {
-            let Some(v) = text() else { return };
-            for t in v.split(',').map(str::trim) {
+            for t in value_tokens(value) {
                 if t.eq_ignore_ascii_case("close") {
                     self.close = true;
                 } else if t.eq_ignore_ascii_case("keep-alive") {
@@ -606,7 +593,7 @@ impl Facts {
             self.upgrade = true;
         } else if *name == header::EXPECT && !self.expect_seen {
             self.expect_seen = true;
-            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            self.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
     }
 
@@ -752,7 +739,7 @@ fn fields_of(
         }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| "invalid header value")?;
-        facts.note(&name, value.as_bytes());
+        facts.note(&name, &value);
         headers.append(name, value);
     }
     Ok((headers, facts))
@@ -804,10 +791,16 @@ pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
+    headers.get_all(name).into_iter().flat_map(value_tokens)
+}
+
+/// The comma-separated tokens of one field value, trimmed; none when the value is not
+/// visible ASCII.
+pub(crate) fn value_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .ok()
         .into_iter()
-        .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
 }

@@ -832,12 +832,6 @@ fn random_nonzero<const N: usize>() -> [u8; N] {
 
 // === propagation ===
 
-/// The caller's context: W3C `traceparent` first, then B3 single (`b3`), then `X-B3-*`.
-#[cfg(test)]
-fn extract(headers: &HeaderMap) -> Option<Parent> {
-    Found::scan(headers).parent()
-}
-
 /// A request's propagation fields (the first value of each).
 #[derive(Default)]
 struct Found<'a> {
@@ -858,15 +852,22 @@ impl<'a> Found<'a> {
     fn scan(headers: &'a HeaderMap) -> Self {
         let mut found = Found::default();
         for (name, value) in headers {
-            let slot = match name.as_str() {
-                "traceparent" => &mut found.traceparent,
-                "tracestate" => &mut found.tracestate,
-                "b3" => &mut found.b3,
-                "x-b3-traceid" => &mut found.b3_trace_id,
-                "x-b3-spanid" => &mut found.b3_span_id,
-                "x-b3-sampled" => &mut found.b3_sampled,
-                "x-b3-flags" => &mut found.b3_flags,
-                _ => continue,
+            let slot = if *name == TRACEPARENT {
+                &mut found.traceparent
+            } else if *name == TRACESTATE {
+                &mut found.tracestate
+            } else if *name == B3 {
+                &mut found.b3
+            } else if *name == B3_TRACE_ID {
+                &mut found.b3_trace_id
+            } else if *name == B3_SPAN_ID {
+                &mut found.b3_span_id
+            } else if *name == B3_SAMPLED {
+                &mut found.b3_sampled
+            } else if *name == B3_FLAGS {
+                &mut found.b3_flags
+            } else {
+                continue;
             };
             slot.get_or_insert(value);
         }
@@ -920,6 +921,7 @@ static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The trace headers one attempt sends upstream, in place of any the client sent: W3C
 /// `traceparent` always, B3 as the caller used it. Every request has one: the values are

@@ -38,14 +38,7 @@ impl Managed {
         };
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path)?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut command = Command::new("taskset");
-                command.arg("-c").arg(cpu.to_string()).arg(program);
-                command
-            }
-            None => Command::new(program),
-        };
+        let mut command = pinned_command(program.as_ref(), cpu);
         command
             .args(args)
             .current_dir(dir)
@@ -195,6 +188,18 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("taskset exited with {status}"))
+    }
+}
+
+/// A command running `program`, pinned to `cpu` with `taskset` when given.
+pub fn pinned_command(program: &std::ffi::OsStr, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 

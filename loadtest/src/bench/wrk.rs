@@ -43,14 +43,7 @@ pub async fn run(
     cpu: Option<usize>,
 ) -> Result<WrkRun, LoadtestError> {
     let secs = duration.as_secs().max(1);
-    let mut command = match cpu {
-        Some(cpu) => {
-            let mut c = tokio::process::Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(program);
-            c
-        }
-        None => tokio::process::Command::new(program),
-    };
+    let mut command = super::process::pinned_command(program.as_os_str(), cpu);
     command
         .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
         .args(["--timeout", "10s", url])

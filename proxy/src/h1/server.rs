@@ -26,7 +26,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::{
     BodyReader, Error, MAX_HEADERS, Spans, Wire, bodiless, chunk_start, drop_length_if_chunked,
     encode_fields, fields_of, last_chunk, push_field, push_number, spans_of, uninit_headers,
-    write_all_two,
+    value_tokens, write_all_two,
 };
 use crate::server::{Activity, HttpListener, IdleIo};
 use crate::{Body, BoxError};
@@ -318,13 +318,10 @@ async fn write_response(
         } else if name == header::DATE {
             date = true;
         } else if name == header::CONNECTION && !says_close {
-            says_close = value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+            says_close = value_tokens(value).any(|t| t.eq_ignore_ascii_case("close"));
         }
         push_field(&mut buf, name.as_str().as_bytes(), value.as_bytes());
     }
-    let close = close || says_close;
     let out = if bodiless(head_request, status) {
         Out::None
     } else if let Some(n) = given_length {
@@ -349,7 +346,7 @@ async fn write_response(
         self::date(&mut buf);
         buf.extend_from_slice(b"\r\n");
     }
-    let close = close || out == Out::UntilClose;
+    let close = close || says_close || out == Out::UntilClose;
     if close {
         if !says_close {
             buf.extend_from_slice(b"connection: close\r\n");

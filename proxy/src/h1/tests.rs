@@ -245,7 +245,7 @@ fn facts_of(fields: &[(&str, &str)]) -> Facts {
     for (name, value) in fields {
         facts.note(
             &HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.as_bytes(),
+            &HeaderValue::from_bytes(value.as_bytes()).unwrap(),
         );
     }
     facts
@@ -288,7 +288,7 @@ fn facts_read_framing_and_connection_fields_in_one_pass() {
     let f = facts_of(&[("expect", "100-Continue"), ("expect", "other")]);
     assert!(f.expect_continue, "the first Expect counts");
     // A value that is not visible ASCII is passed over, as `HeaderValue::to_str` would.
-    let f = facts_of(&[("connection", "close\u{7f}")]);
+    let f = facts_of(&[("connection", "close\u{ff}")]);
     assert!(!f.close);
 }
 

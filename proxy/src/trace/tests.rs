@@ -104,7 +104,7 @@ fn invalid_or_missing_context_starts_a_trace() {
         } else {
             headers(&[("traceparent", bad)])
         };
-        assert_eq!(extract(&h), None, "{bad}");
+        assert_eq!(Found::scan(&h).parent(), None, "{bad}");
         let server = Tracer::disabled().server_span(&request(&h));
         assert_ne!(server.ctx.trace_id, [0; 16]);
         assert!(server.ctx.sampled, "always on without a parent");
@@ -114,18 +114,18 @@ fn invalid_or_missing_context_starts_a_trace() {
 #[test]
 fn b3_single_and_multi_are_read_and_written_back() {
     let single = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
-    let p = extract(&single).unwrap();
+    let p = Found::scan(&single).parent().unwrap();
     assert_eq!(
         (hex(&p.ctx.trace_id), hex(&p.ctx.span_id)),
         (TRACE.into(), SPAN.into())
     );
     assert_eq!(p.b3, B3Format::Single);
     let short = headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}-0"))]);
-    let p = extract(&short).unwrap();
+    let p = Found::scan(&short).parent().unwrap();
     assert_eq!(hex(&p.ctx.trace_id), "0000000000000000a3ce929d0e0e4736");
     assert!(!p.ctx.sampled);
     assert_eq!(
-        extract(&headers(&[("b3", "0")])),
+        Found::scan(&headers(&[("b3", "0")])).parent(),
         None,
         "sampling state only"
     );
