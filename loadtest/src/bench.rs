@@ -204,6 +204,9 @@ pub struct BenchRow {
     /// The proxy's CPU time over the closed-loop phase as a share of its wall time.
     pub cpu_busy_percent: Option<f64>,
     pub latency: Option<LatencySummary>,
+    /// Each measured round's (p50, p99) in µs, in the order measured: how far the medians in
+    /// `latency` move from round to round on this machine.
+    pub latency_rounds: Vec<(u64, u64)>,
     pub new_upstream_connections_per_1000: Option<f64>,
     /// Sidecar rows: the loopback address it bound (see [`peers::sidecar_bind_ip`]).
     pub bind_ip: Option<std::net::Ipv4Addr>,
@@ -372,7 +375,12 @@ pub fn median_row(rounds: Vec<BenchRow>) -> BenchRow {
             .max()
             .unwrap_or(l.max_us),
     });
+    let latency_rounds = measured
+        .iter()
+        .filter_map(|r| r.latency.as_ref().map(|l| (l.p50_us, l.p99_us)))
+        .collect();
     BenchRow {
+        latency_rounds,
         max_throughput: of(|r| r.max_throughput),
         cpu_us_per_request: of(|r| r.cpu_us_per_request),
         cpu_busy_percent: of(|r| r.cpu_busy_percent),
@@ -837,7 +845,6 @@ impl Context<'_> {
         let origin_before = origin_stats(&stats_url).await;
         let mut rate = LoadOptions::rate(url, opts.rate, opts.rate_duration);
         rate.connections = opts.rate_connections;
-        rate.precise_timing = true;
         let rate_report = run_pinned(rate, self.load_cpu).await?;
         let origin_after = origin_stats(&stats_url).await;
         let upstream = origin_before.zip(origin_after).and_then(|(before, after)| {

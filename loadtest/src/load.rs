@@ -77,7 +77,8 @@ pub struct LoadOptions {
     /// own network namespaces.
     pub allow_non_loopback: bool,
     /// Pace the schedule from a thread sleeping on the OS's high-resolution timer instead of
-    /// the runtime's 1 ms timer wheel (the benchmark does).
+    /// the runtime's 1 ms timer wheel (the default: with the wheel, up to 1 ms of the
+    /// generator's own lateness lands in every latency).
     pub precise_timing: bool,
 }
 
@@ -100,7 +101,7 @@ impl LoadOptions {
             proxy: None,
             timeout: DEFAULT_TIMEOUT,
             allow_non_loopback: false,
-            precise_timing: false,
+            precise_timing: true,
         }
     }
 

@@ -660,6 +660,10 @@ fn parse_response(
     method: &Method,
     request_whole: bool,
 ) -> Result<Parsed, Error> {
+    // Nothing read yet (as right after a request is sent): no head, and no spans to clear.
+    if buf.is_empty() {
+        return Ok(Parsed::Partial);
+    }
     let mut spans: Spans = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, code, minor, n) = {
         let mut headers = uninit_headers();

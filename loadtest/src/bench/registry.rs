@@ -920,7 +920,6 @@ async fn discover(
     load.headers = cloudmap::headers("DiscoverInstances");
     load.body = Bytes::from(body.to_string());
     load.connections = 16;
-    load.precise_timing = true;
     let connections = load.connections;
     let report = super::run_pinned(load, cores.client).await?;
     Ok(DiscoverResult {

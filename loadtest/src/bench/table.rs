@@ -94,7 +94,11 @@ impl BenchReport {
                 || NONE.to_string(),
                 |m| format!("{:.1} ms", m as f64 / 1000.0),
             ),
-            "≤ 5 ms",
+            // The direct row's own worst beside it: what the machine gave without any proxy.
+            lat(direct, |l| l.max_us).map_or_else(
+                || "≤ 5 ms".to_string(),
+                |d| format!("≤ 5 ms (direct: {:.1} ms)", d as f64 / 1000.0),
+            ),
             worst_max.map(|m| m <= 5_000),
         ));
         let mem = |kib: Option<u64>| kib.map(mib);
@@ -190,14 +194,21 @@ impl BenchReport {
             trim_float(self.rate),
             self.rate_connections
         );
-        out.push_str("| | p50 | added p50 | p99 | added p99 | p99.9 | max | errors |\n");
-        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        // With several rounds, the spread of each row's p50 and p99 over them: how much of a
+        // difference between rows this machine's noise can make.
+        let spread = measured.iter().any(|r| r.latency_rounds.len() > 1);
+        out.push_str("| | p50 | added p50 | p99 | added p99 | p99.9 | max | errors |");
+        out.push_str(if spread {
+            " p50 by round | p99 by round |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        } else {
+            "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        });
         let direct_latency = direct.and_then(|d| d.latency.as_ref());
         for row in &measured {
             let Some(latency) = &row.latency else {
                 continue;
             };
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.peer,
@@ -209,6 +220,17 @@ impl BenchReport {
                 latency.max_us,
                 row.errors,
             );
+            if spread {
+                let range = |f: fn(&(u64, u64)) -> u64| {
+                    let values = row.latency_rounds.iter().map(f);
+                    match (values.clone().min(), values.max()) {
+                        (Some(lo), Some(hi)) => format!("{lo}–{hi}"),
+                        _ => NONE.to_string(),
+                    }
+                };
+                let _ = write!(out, " {} | {} |", range(|r| r.0), range(|r| r.1));
+            }
+            out.push('\n');
         }
 
         out.push_str("\n### Start and memory\n\n");

@@ -213,6 +213,11 @@ fn the_sidecar_row_is_checked_against_issue_4s_targets() {
     assert_eq!(verdict("RSS with 1000"), Some(true));
     assert_eq!(verdict("back near its RSS"), Some(true));
     assert_eq!(verdict("first 200"), Some(false));
+    let max = checks
+        .iter()
+        .find(|c| c.what.starts_with("max latency"))
+        .unwrap();
+    assert!(max.target.starts_with("≤ 5 ms (direct: "), "{max:?}");
     let markdown = report.to_markdown();
     assert!(markdown.contains("Issue 4's targets"), "{markdown}");
     assert!(markdown.contains("| 5.5 |"), "{markdown}");
@@ -234,9 +239,24 @@ fn rounds_merge_into_medians_with_the_worst_max() {
     let merged = super::median_row(vec![a, b, skipped.clone(), c]);
     assert_eq!(merged.max_throughput, Some(65_000.0));
     assert_eq!(merged.cpu_us_per_request, Some(15.0));
-    let latency = merged.latency.unwrap();
+    let latency = merged.latency.clone().unwrap();
     assert_eq!((latency.p50_us, latency.p99_us), (200, 300));
     assert_eq!(latency.max_us, 6_000, "the worst round's max");
+    assert_eq!(
+        merged.latency_rounds,
+        vec![(200, 300), (190, 280), (210, 320)]
+    );
+    let report = BenchReport {
+        rows: vec![merged.clone()],
+        notes: vec![],
+        rate: 2000.0,
+        rate_connections: 16,
+        max_connections: 64,
+        held_connections: 1000,
+        elapsed_secs: 1.0,
+    };
+    let markdown = report.to_markdown();
+    assert!(markdown.contains("| 190–210 | 280–320 |"), "{markdown}");
     assert_eq!(merged.errors, 2);
     assert!(merged.skipped.is_none());
     let never = super::median_row(vec![skipped.clone(), skipped]);

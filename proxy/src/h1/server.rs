@@ -193,8 +193,9 @@ fn lock(home: &Home) -> MutexGuard<'_, Option<(ReadSide, bool)>> {
 async fn read_head(wire: &mut ReadSide, max: usize) -> Result<Head, HeadError> {
     if wire.buf.capacity() == 0 {
         // Most heads fit in 1 KiB (an allocation from the allocator's per-thread cache); a
-        // bigger one grows the buffer.
-        wire.buf.reserve(HEAD_BUFFER);
+        // bigger one grows the buffer. Allocated outright: `reserve` on an empty buffer takes
+        // the long way (its growth policy) to the same allocation.
+        wire.buf = BytesMut::with_capacity(HEAD_BUFFER);
     }
     loop {
         if !wire.buf.is_empty() {
