@@ -154,18 +154,35 @@ fn kind_number(kind: SpanKind) -> u64 {
 const ERROR_STATUS: [u8; 2] = [3 << 3, 2];
 
 fn encode_span(out: &mut Vec<u8>, span: &SpanData) {
-    bytes(out, 1, &span.trace_id);
-    bytes(out, 2, &span.span_id);
+    // The fixed-size fields are laid out on the stack and copied once: tags and lengths of
+    // one byte each, known here.
+    let mut ids = [0u8; 2 + 16 + 2 + 8];
+    ids[0] = 1 << 3 | 2;
+    ids[1] = 16;
+    ids[2..18].copy_from_slice(&span.trace_id);
+    ids[18] = 2 << 3 | 2;
+    ids[19] = 8;
+    ids[20..].copy_from_slice(&span.span_id);
+    out.extend_from_slice(&ids);
     if let Some(ts) = span.trace_state.as_deref().filter(|t| !t.is_empty()) {
         string(out, 3, ts);
     }
     if let Some(parent) = &span.parent_span_id {
-        bytes(out, 4, parent);
+        let mut field = [4 << 3 | 2, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+        field[2..].copy_from_slice(parent);
+        out.extend_from_slice(&field);
     }
     string(out, 5, &span.name);
-    varint_field(out, 6, kind_number(span.kind));
-    fixed64(out, 7, span.start_unix_nanos);
-    fixed64(out, 8, span.end_unix_nanos.max(span.start_unix_nanos));
+    // kind (varint), start and end (fixed64)
+    let mut times = [0u8; 2 + 9 + 9];
+    times[0] = 6 << 3;
+    times[1] = kind_number(span.kind) as u8;
+    times[2] = 7 << 3 | 1;
+    times[3..11].copy_from_slice(&span.start_unix_nanos.to_le_bytes());
+    times[11] = 8 << 3 | 1;
+    let end = span.end_unix_nanos.max(span.start_unix_nanos);
+    times[12..].copy_from_slice(&end.to_le_bytes());
+    out.extend_from_slice(&times);
     for (k, v) in &span.attributes {
         key_value(out, 9, k, v);
     }
@@ -220,7 +237,16 @@ fn render_ip(ip: IpAddr, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
                     buf[n] = b'.';
                     n += 1;
                 }
-                n = render_u64(u64::from(octet), buf, n);
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
             }
             n
         }
@@ -245,8 +271,45 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     let mut buf = [0; TEXT_MAX];
     let scalar = text(value, &mut buf);
     let any = any_len(&scalar);
+    let kv = key_value_len(key, any);
+    if field < 16 && kv < 0x80 {
+        // The usual attribute: every tag and length is one byte, and the whole field fits
+        // in 129 bytes, laid out on the stack and copied once.
+        let mut field_bytes = [0u8; 2 + 0x7f];
+        field_bytes[0] = (field << 3 | 2) as u8;
+        field_bytes[1] = kv as u8;
+        field_bytes[2] = 1 << 3 | 2;
+        field_bytes[3] = key.len() as u8;
+        let mut n = 4 + key.len();
+        field_bytes[4..n].copy_from_slice(key.as_bytes());
+        field_bytes[n] = 2 << 3 | 2;
+        field_bytes[n + 1] = any as u8;
+        n += 2;
+        match scalar {
+            Scalar::Str(s) => {
+                field_bytes[n] = 1 << 3 | 2;
+                field_bytes[n + 1] = s.len() as u8;
+                n += 2;
+                field_bytes[n..n + s.len()].copy_from_slice(s);
+                n += s.len();
+            }
+            Scalar::Int(mut i) => {
+                field_bytes[n] = 3 << 3;
+                n += 1;
+                while i >= 0x80 {
+                    field_bytes[n] = (i as u8) | 0x80;
+                    i >>= 7;
+                    n += 1;
+                }
+                field_bytes[n] = i as u8;
+                n += 1;
+            }
+        }
+        out.extend_from_slice(&field_bytes[..n]);
+        return;
+    }
     tag(out, field, 2);
-    varint(out, key_value_len(key, any) as u64);
+    varint(out, kv as u64);
     string(out, 1, key);
     tag(out, 2, 2);
     varint(out, any as u64);
@@ -292,11 +355,6 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
     tag(out, field, 0);
     varint(out, v);
-}
-
-fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
-    tag(out, field, 1);
-    out.extend_from_slice(&v.to_le_bytes());
 }
 
 fn fixed32(out: &mut Vec<u8>, field: u32, v: u32) {

@@ -378,6 +378,95 @@ fn otlp_encoding_decodes_with_the_official_types() {
 }
 
 #[test]
+fn every_kind_of_attribute_value_decodes_as_written() {
+    let long = "p".repeat(300);
+    let cases: Vec<(Value, any_value::Value)> = vec![
+        (
+            Value::Str("".into()),
+            any_value::Value::StringValue(String::new()),
+        ),
+        (
+            Value::Str("GET".into()),
+            any_value::Value::StringValue("GET".into()),
+        ),
+        // Past one-byte lengths: the field is written piece by piece.
+        (
+            Value::Str(long.clone().into()),
+            any_value::Value::StringValue(long.clone()),
+        ),
+        (
+            Value::Shared(long[..100].into()),
+            any_value::Value::StringValue(long[..100].into()),
+        ),
+        (Value::Int(0), any_value::Value::IntValue(0)),
+        (Value::Int(300), any_value::Value::IntValue(300)),
+        (Value::Int(-1), any_value::Value::IntValue(-1)),
+        (Value::Int(i64::MAX), any_value::Value::IntValue(i64::MAX)),
+        (
+            Value::Ip("0.0.0.0".parse().unwrap()),
+            any_value::Value::StringValue("0.0.0.0".into()),
+        ),
+        (
+            Value::Ip("255.255.255.255".parse().unwrap()),
+            any_value::Value::StringValue("255.255.255.255".into()),
+        ),
+        (
+            Value::Ip("10.0.100.9".parse().unwrap()),
+            any_value::Value::StringValue("10.0.100.9".into()),
+        ),
+        (
+            Value::Ip("fe80::1:2".parse().unwrap()),
+            any_value::Value::StringValue("fe80::1:2".into()),
+        ),
+        (
+            Value::Addr("127.0.0.1:65535".parse().unwrap()),
+            any_value::Value::StringValue("127.0.0.1:65535".into()),
+        ),
+        (
+            Value::Addr("[fd00::1]:8080".parse().unwrap()),
+            any_value::Value::StringValue("[fd00::1]:8080".into()),
+        ),
+    ];
+    let span = SpanData {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: Some([3; 8]),
+        trace_state: Some(long.clone()),
+        name: long.clone().into(),
+        kind: SpanKind::Server,
+        start_unix_nanos: 5,
+        end_unix_nanos: 7,
+        // A key long enough to take the piece-by-piece path with a short value too.
+        attributes: cases
+            .iter()
+            .map(|(v, _)| ("k", v.clone()))
+            .chain([(LONG_KEY, Value::Int(1))])
+            .collect(),
+        error: false,
+    };
+    let bytes = otlp::encode_request(&[], &[span]);
+    let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+    let s = &req.resource_spans[0].scope_spans[0].spans[0];
+    assert_eq!(s.name, long);
+    assert_eq!(s.trace_state, long);
+    assert_eq!(s.parent_span_id, vec![3; 8]);
+    assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (5, 7));
+    let decoded: Vec<_> = s
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap()))
+        .collect();
+    let expected: Vec<_> = cases
+        .into_iter()
+        .map(|(_, v)| ("k", v))
+        .chain([(LONG_KEY, any_value::Value::IntValue(1))])
+        .collect();
+    assert_eq!(decoded, expected);
+}
+
+const LONG_KEY: &str = "skiff.a.key.long.enough.that.its.key.value.needs.more.than.one.byte.of.length.prefix.for.sure.yes";
+
+#[test]
 fn stack_encoded_context_matches_the_formats() {
     let ctx = SpanContext {
         trace_id: [
