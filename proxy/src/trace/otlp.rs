@@ -293,16 +293,9 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
                 field_bytes[n..n + s.len()].copy_from_slice(s);
                 n += s.len();
             }
-            Scalar::Int(mut i) => {
+            Scalar::Int(i) => {
                 field_bytes[n] = 3 << 3;
-                n += 1;
-                while i >= 0x80 {
-                    field_bytes[n] = (i as u8) | 0x80;
-                    i >>= 7;
-                    n += 1;
-                }
-                field_bytes[n] = i as u8;
-                n += 1;
+                n = put_varint(&mut field_bytes, n + 1, i);
             }
         }
         out.extend_from_slice(&field_bytes[..n]);
@@ -344,12 +337,25 @@ fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire_type));
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+fn varint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        let mut buf = [0; 10];
+        let n = put_varint(&mut buf, 0, v);
+        out.extend_from_slice(&buf[..n]);
     }
-    out.push(v as u8);
+}
+
+/// Writes `v` as a varint at `buf[at..]` (room for it is the caller's); the end offset.
+fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        buf[at] = (v as u8) | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
 }
 
 fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
