@@ -197,12 +197,20 @@ impl BenchReport {
         // With several rounds, the spread of each row's p50 and p99 over them: how much of a
         // difference between rows this machine's noise can make.
         let spread = measured.iter().any(|r| r.latency_rounds.len() > 1);
-        out.push_str("| | p50 | added p50 | p99 | added p99 | p99.9 | max | errors |");
-        out.push_str(if spread {
-            " p50 by round | p99 by round |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        } else {
-            "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        });
+        let mut columns = vec![
+            "p50",
+            "added p50",
+            "p99",
+            "added p99",
+            "p99.9",
+            "max",
+            "errors",
+        ];
+        if spread {
+            columns.extend(["p50 by round", "p99 by round"]);
+        }
+        let _ = writeln!(out, "| | {} |", columns.join(" | "));
+        let _ = writeln!(out, "| --- |{}", " ---: |".repeat(columns.len()));
         let direct_latency = direct.and_then(|d| d.latency.as_ref());
         for row in &measured {
             let Some(latency) = &row.latency else {
