@@ -111,6 +111,8 @@ pub struct BenchOptions {
     /// Drive the closed-loop phase with wrk when it is installed (see `bench/wrk.rs`);
     /// else with our own generator.
     pub wrk: bool,
+    /// The traced row logs every request (JSON access log) besides exporting its spans.
+    pub traced_access_log: bool,
 }
 
 // === impl BenchOptions ===
@@ -143,6 +145,7 @@ impl BenchOptions {
             install_missing: true,
             rounds: 1,
             wrk: true,
+            traced_access_log: true,
         }
     }
 
@@ -204,6 +207,9 @@ pub struct BenchRow {
     /// The proxy's CPU time over the closed-loop phase as a share of its wall time.
     pub cpu_busy_percent: Option<f64>,
     pub latency: Option<LatencySummary>,
+    /// The proxy's CPU time per request over the open-loop phase: at a low rate, mostly the
+    /// cost of going to sleep and being woken for each request.
+    pub rate_cpu_us_per_request: Option<f64>,
     /// Each measured round's (p50, p99) in µs, in the order measured: how far the medians in
     /// `latency` move from round to round on this machine.
     pub latency_rounds: Vec<(u64, u64)>,
@@ -384,6 +390,7 @@ pub fn median_row(rounds: Vec<BenchRow>) -> BenchRow {
         max_throughput: of(|r| r.max_throughput),
         cpu_us_per_request: of(|r| r.cpu_us_per_request),
         cpu_busy_percent: of(|r| r.cpu_busy_percent),
+        rate_cpu_us_per_request: of(|r| r.rate_cpu_us_per_request),
         first_200_ms: of(|r| r.first_200_ms),
         new_upstream_connections_per_1000: of(|r| r.new_upstream_connections_per_1000),
         errors: measured.iter().map(|r| r.errors).sum(),
@@ -591,6 +598,8 @@ struct Phases {
     max: MaxRun,
     rate: Report,
     cpu: Option<(u64, f64)>,
+    /// The proxy's CPU ticks over the open-loop phase.
+    rate_cpu_ticks: Option<u64>,
     upstream: Option<f64>,
 }
 
@@ -660,7 +669,9 @@ impl Context<'_> {
                 fill(&mut row, &phases, child.0.stats(), self.ticks_per_second);
                 if peer.is_sidecar() {
                     let ip = row.bind_ip.unwrap_or(peers::SIDECAR_BIND_IP);
-                    row.telemetry = Some(sidecar_telemetry(ip, &phases, sink.as_ref()).await);
+                    let logged = peer == Peer::SidecarTraced && self.opts.traced_access_log;
+                    row.telemetry =
+                        Some(sidecar_telemetry(ip, &phases, sink.as_ref(), logged).await);
                 }
             }
             Err(error) => row.skipped = Some(error.to_string()),
@@ -757,10 +768,13 @@ impl Context<'_> {
                     peers::sidecar_task_definition(self.origin_port).to_string(),
                 )?;
                 let (service, env) = match (peer, sink) {
-                    (Peer::SidecarTraced, Some(sink)) => (
+                    (Peer::SidecarTraced, Some(sink)) if self.opts.traced_access_log => (
                         peers::sidecar_service_with_access_log(port),
                         peers::traced_env(sink),
                     ),
+                    (Peer::SidecarTraced, Some(sink)) => {
+                        (peers::sidecar_service(port), peers::traced_env(sink))
+                    }
                     (Peer::SidecarTraced, None) => return Err("no otlp sink".into()),
                     _ => (peers::sidecar_service(port), Vec::new()),
                 };
@@ -810,27 +824,22 @@ impl Context<'_> {
         let max_started = Instant::now();
         let max_report = match &self.wrk {
             Some(program) => {
-                let run = wrk::run(
+                wrk::run(
                     program,
                     url,
                     opts.max_connections,
                     opts.max_duration,
                     self.load_cpu,
                 )
-                .await?;
-                MaxRun {
-                    throughput: run.throughput(),
-                    responses: run.responses,
-                    errors: run.errors,
-                }
+                .await?
             }
             None => {
                 let mut max = LoadOptions::max(url, opts.max_duration);
                 max.connections = opts.max_connections;
                 let report = run_pinned(max, self.load_cpu).await?;
                 MaxRun {
-                    throughput: report.throughput,
                     responses: report.responses,
+                    elapsed_secs: report.elapsed_secs,
                     errors: report.errors.total(),
                 }
             }
@@ -845,7 +854,11 @@ impl Context<'_> {
         let origin_before = origin_stats(&stats_url).await;
         let mut rate = LoadOptions::rate(url, opts.rate, opts.rate_duration);
         rate.connections = opts.rate_connections;
+        let before = proxy.and_then(Managed::stats);
         let rate_report = run_pinned(rate, self.load_cpu).await?;
+        let rate_cpu_ticks = before
+            .zip(proxy.and_then(Managed::stats))
+            .map(|(before, after)| after.cpu_ticks.saturating_sub(before.cpu_ticks));
         let origin_after = origin_stats(&stats_url).await;
         let upstream = origin_before.zip(origin_after).and_then(|(before, after)| {
             // Minus our own /stats question.
@@ -859,6 +872,7 @@ impl Context<'_> {
             max: max_report,
             rate: rate_report,
             cpu,
+            rate_cpu_ticks,
             upstream,
         })
     }
@@ -866,16 +880,20 @@ impl Context<'_> {
 
 #[allow(clippy::cast_precision_loss)]
 fn fill(row: &mut BenchRow, phases: &Phases, end: Option<ProcStats>, ticks_per_second: u64) {
-    row.max_throughput = Some(phases.max.throughput);
+    row.max_throughput = Some(phases.max.throughput());
     row.errors = phases.max.errors + phases.rate.errors.total() + phases.rate.not_sent;
     row.latency = Some(phases.rate.latency.clone());
     row.new_upstream_connections_per_1000 = phases.upstream;
     row.peak_rss_kib = end.map(|stats| stats.peak_rss_kib);
+    let per_request = |ticks: u64, requests: u64| {
+        (requests > 0).then(|| ticks as f64 / ticks_per_second as f64 * 1e6 / requests as f64)
+    };
+    row.rate_cpu_us_per_request = phases
+        .rate_cpu_ticks
+        .and_then(|ticks| per_request(ticks, phases.rate.responses));
     if let Some((ticks, wall)) = phases.cpu {
         let cpu_secs = ticks as f64 / ticks_per_second as f64;
-        if phases.max.responses > 0 {
-            row.cpu_us_per_request = Some(cpu_secs * 1e6 / phases.max.responses as f64);
-        }
+        row.cpu_us_per_request = per_request(ticks, phases.max.responses);
         if wall > 0.0 {
             row.cpu_busy_percent = Some(cpu_secs * 100.0 / wall);
         }
@@ -888,6 +906,7 @@ async fn sidecar_telemetry(
     ip: std::net::Ipv4Addr,
     phases: &Phases,
     sink: Option<&OtlpSink>,
+    access_log: bool,
 ) -> TelemetryFigures {
     let url = format!("http://{ip}:{}/metrics", peers::SIDECAR_ADMIN_PORT);
     let client = http_client::get_client(None, Duration::from_secs(1));
@@ -899,6 +918,7 @@ async fn sidecar_telemetry(
     let received = sink.map(|sink| sink.counts.snapshot());
     TelemetryFigures {
         traced: sink.is_some(),
+        access_log,
         requests: phases.warmup_responses + phases.max.responses + phases.rate.responses,
         spans_exported,
         spans_dropped,
@@ -907,11 +927,26 @@ async fn sidecar_telemetry(
     }
 }
 
-/// The closed-loop phase's figures, from whichever generator drove it.
-struct MaxRun {
-    throughput: f64,
-    responses: u64,
-    errors: u64,
+/// The closed-loop phase's figures, from whichever generator drove it (wrk or ours).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MaxRun {
+    pub responses: u64,
+    pub elapsed_secs: f64,
+    /// Failed requests: socket errors, timeouts and non-2xx/3xx responses.
+    pub errors: u64,
+}
+
+// === impl MaxRun ===
+
+impl MaxRun {
+    /// Responses per second over the run.
+    pub fn throughput(&self) -> f64 {
+        if self.elapsed_secs > 0.0 {
+            self.responses as f64 / self.elapsed_secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// `connections_accepted`, `requests` of the demo app's `/stats`.

@@ -139,6 +139,36 @@ pub enum BenchCommand {
     /// The log router over Forward: acked records/s, records per CPU-second and peak RSS to a null
     /// and a buffered file output (optionally against Fluent Bit), and a kill -9 crash run (≤ 2 min).
     Logrouter(BenchLogrouterArgs),
+    /// Print a file `bench proxy` writes for a peer, exactly as it writes it: for scripts that
+    /// run the peers by hand (scripts/instructions, scripts/symbol-order).
+    #[command(hide = true)]
+    PeerConfig(PeerConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PeerConfigArgs {
+    #[arg(value_enum)]
+    pub file: PeerFile,
+    /// Port the peer listens on.
+    #[arg(long)]
+    pub listen_port: u16,
+    /// Port of the origin.
+    #[arg(long)]
+    pub origin_port: u16,
+    /// nginx's directory for its pid and temporary files.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// The files of [`PeerConfigArgs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PeerFile {
+    Haproxy,
+    Nginx,
+    SidecarTask,
+    SidecarService,
+    /// The traced row's service: the JSON access log on.
+    SidecarServiceLogged,
 }
 
 /// Output format of a report.
@@ -240,6 +270,10 @@ pub struct BenchProxyArgs {
     /// Drive the closed-loop phase with skiff's own generator, not wrk.
     #[arg(long)]
     pub own_generator: bool,
+    /// The traced row without its JSON access log: metrics and 100 % traces only, as the
+    /// telemetry issue's bound reads.
+    #[arg(long)]
+    pub traced_without_access_log: bool,
     #[arg(long, value_enum, default_value_t = Format::Markdown)]
     pub format: Format,
     /// Write the report here instead of stdout.
@@ -317,6 +351,9 @@ pub async fn loadtest_main(args: LoadtestArgs) -> Result<(), LoadtestError> {
             emit(&text, args.output.as_deref())
         }
         LoadtestCommand::Bench(BenchArgs {
+            command: BenchCommand::PeerConfig(args),
+        }) => emit(&args.text(), None),
+        LoadtestCommand::Bench(BenchArgs {
             command: BenchCommand::Logrouter(args),
         }) => {
             let report = bench::logrouter::bench_logrouter(args.into_options()).await?;
@@ -335,6 +372,25 @@ fn emit(text: &str, output: Option<&std::path::Path>) -> Result<(), LoadtestErro
         None => {
             println!("{}", text.trim_end());
             Ok(())
+        }
+    }
+}
+
+// === impl PeerConfigArgs ===
+
+impl PeerConfigArgs {
+    /// The file's text, from the functions `bench proxy` writes it with.
+    pub fn text(&self) -> String {
+        use bench::peers;
+        let (listen, origin) = (self.listen_port, self.origin_port);
+        match self.file {
+            PeerFile::Haproxy => peers::haproxy_config(listen, origin),
+            PeerFile::Nginx => peers::nginx_config(&self.dir, listen, origin),
+            PeerFile::SidecarTask => peers::sidecar_task_definition(origin).to_string(),
+            PeerFile::SidecarService => peers::sidecar_service(listen).to_string(),
+            PeerFile::SidecarServiceLogged => {
+                peers::sidecar_service_with_access_log(listen).to_string()
+            }
         }
     }
 }
@@ -422,6 +478,7 @@ impl BenchProxyArgs {
         opts.registry_url = self.registry;
         opts.install_missing = !self.no_install;
         opts.wrk = !self.own_generator;
+        opts.traced_access_log = !self.traced_without_access_log;
         opts.rounds = self.rounds as usize;
         opts.budget *= self.rounds;
         opts
@@ -614,12 +671,15 @@ mod tests {
             "--sidecar-cmd",
             "{exe} proxy --x {listen_port}",
             "--no-install",
+            "--own-generator",
+            "--traced-without-access-log",
         ])
         .unwrap()
         else {
             panic!("not bench proxy");
         };
         let opts = bench.into_options();
+        assert!(!opts.wrk && !opts.traced_access_log);
         assert_eq!(opts.peers, vec![Peer::Direct, Peer::Haproxy]);
         assert_eq!(opts.budget, bench::QUICK_BUDGET);
         assert_eq!(
@@ -655,6 +715,40 @@ mod tests {
             ]),
             vec![Peer::Sidecar, Peer::SidecarTraced]
         );
+    }
+
+    #[test]
+    fn peer_config_prints_the_benchmarks_own_files() {
+        let file = |args: &[&str]| {
+            let Top::Loadtest(LoadtestArgs {
+                command:
+                    LoadtestCommand::Bench(BenchArgs {
+                        command: BenchCommand::PeerConfig(args),
+                    }),
+            }) = parse(args).unwrap()
+            else {
+                panic!("not bench peer-config");
+            };
+            args.text()
+        };
+        let base = ["loadtest", "bench", "peer-config"];
+        let ports = ["--listen-port", "18001", "--origin-port", "18002"];
+        let haproxy = file(&[&base[..], &["haproxy"], &ports].concat());
+        assert_eq!(haproxy, bench::peers::haproxy_config(18001, 18002));
+        let nginx = file(&[&base[..], &["nginx", "--dir", "/tmp/n"], &ports].concat());
+        assert!(nginx.contains("pid /tmp/n/nginx.pid;"), "{nginx}");
+        let logged = file(&[&base[..], &["sidecar-service-logged"], &ports].concat());
+        let service: serde_json::Value = serde_json::from_str(&logged).unwrap();
+        assert_eq!(
+            service["serviceConnectConfiguration"]["services"][0]["ingressPortOverride"],
+            18001
+        );
+        assert_eq!(
+            service["serviceConnectConfiguration"]["accessLogConfiguration"]["format"],
+            "JSON"
+        );
+        let task = file(&[&base[..], &["sidecar-task"], &ports].concat());
+        assert!(task.contains("\"containerPort\":18002"), "{task}");
     }
 
     #[test]

@@ -585,9 +585,8 @@ impl Tracer {
         }
     }
 
-    /// Opens the span of one attempt towards `endpoint` and writes its context into the
-    /// upstream request's headers (W3C always; B3 in the format the caller used).
-    /// Opens an attempt's span; with the trace headers that attempt sends upstream.
+    /// Opens the span of one attempt towards `endpoint`, with the trace fields that attempt
+    /// sends upstream (W3C always; B3 in the format the caller used).
     pub(crate) fn client_span(
         &self,
         server: &ServerSpan,

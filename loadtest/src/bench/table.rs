@@ -205,6 +205,7 @@ impl BenchReport {
             "p99.9",
             "max",
             "errors",
+            "proxy CPU µs/req",
         ];
         if spread {
             columns.extend(["p50 by round", "p99 by round"]);
@@ -218,7 +219,7 @@ impl BenchReport {
             };
             let _ = write!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.peer,
                 latency.p50_us,
                 added(latency.p50_us, direct_latency.map(|d| d.p50_us)),
@@ -227,6 +228,7 @@ impl BenchReport {
                 latency.p999_us,
                 latency.max_us,
                 row.errors,
+                fmt(row.rate_cpu_us_per_request, 1),
             );
             if spread {
                 let range = |f: fn(&(u64, u64)) -> u64| {

@@ -230,7 +230,10 @@ fn rounds_merge_into_medians_with_the_worst_max() {
     let mut b = row("skiff sidecar", 70_000.0, 14.0, 190, 280);
     b.latency.as_mut().unwrap().max_us = 6_000;
     b.errors = 2;
-    let c = row("skiff sidecar", 65_000.0, 15.0, 210, 320);
+    let mut c = row("skiff sidecar", 65_000.0, 15.0, 210, 320);
+    a.rate_cpu_us_per_request = Some(68.0);
+    b.rate_cpu_us_per_request = Some(73.0);
+    c.rate_cpu_us_per_request = Some(70.0);
     let skipped = BenchRow {
         peer: "skiff sidecar".into(),
         skipped: Some("time budget exhausted".into()),
@@ -257,6 +260,8 @@ fn rounds_merge_into_medians_with_the_worst_max() {
     };
     let markdown = report.to_markdown();
     assert!(markdown.contains("| 190–210 | 280–320 |"), "{markdown}");
+    assert_eq!(merged.rate_cpu_us_per_request, Some(70.0));
+    assert!(markdown.contains("| 2 | 70.0 | 190–210 |"), "{markdown}");
     assert_eq!(merged.errors, 2);
     assert!(merged.skipped.is_none());
     let never = super::median_row(vec![skipped.clone(), skipped]);

@@ -12,26 +12,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::MaxRun;
 use crate::LoadtestError;
-
-/// What a wrk run measured.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WrkRun {
-    pub responses: u64,
-    pub elapsed_secs: f64,
-    /// Socket errors (connect, read, write, timeout) and non-2xx/3xx responses.
-    pub errors: u64,
-}
-
-impl WrkRun {
-    pub fn throughput(&self) -> f64 {
-        if self.elapsed_secs > 0.0 {
-            self.responses as f64 / self.elapsed_secs
-        } else {
-            0.0
-        }
-    }
-}
 
 /// Runs `wrk` (at `program`) with one thread and `connections` connections against `url` for
 /// `duration` (whole seconds, at least one), pinned to `cpu` with taskset when given.
@@ -41,7 +23,7 @@ pub async fn run(
     connections: usize,
     duration: Duration,
     cpu: Option<usize>,
-) -> Result<WrkRun, LoadtestError> {
+) -> Result<MaxRun, LoadtestError> {
     let secs = duration.as_secs().max(1);
     let mut command = super::process::pinned_command(program.as_os_str(), cpu);
     command
@@ -69,13 +51,13 @@ pub async fn run(
 }
 
 /// Reads wrk's report: `N requests in T`, the socket errors and non-2xx/3xx responses.
-pub fn parse(text: &str) -> Option<WrkRun> {
+pub fn parse(text: &str) -> Option<MaxRun> {
     let mut run = None;
     let mut errors = 0;
     for line in text.lines().map(str::trim) {
         if let Some((count, rest)) = line.split_once(" requests in ") {
             let elapsed = rest.split(',').next()?.trim();
-            run = Some(WrkRun {
+            run = Some(MaxRun {
                 responses: count.trim().parse().ok()?,
                 elapsed_secs: seconds(elapsed)?,
                 errors: 0,
@@ -93,7 +75,7 @@ pub fn parse(text: &str) -> Option<WrkRun> {
             errors += n.trim().parse::<u64>().unwrap_or(0);
         }
     }
-    run.map(|run| WrkRun { errors, ..run })
+    run.map(|run| MaxRun { errors, ..run })
 }
 
 /// wrk's durations: `5.02s`, `1.00m`, `500.00ms`, `10.00us`.
@@ -136,7 +118,7 @@ Transfer/sec:     11.89MB
         let clean = "  1000 requests in 1.00m, 1.00MB read\nRequests/sec: 16.67\n";
         assert_eq!(
             parse(clean),
-            Some(WrkRun {
+            Some(MaxRun {
                 responses: 1000,
                 elapsed_secs: 60.0,
                 errors: 0

@@ -380,53 +380,23 @@ fn otlp_encoding_decodes_with_the_official_types() {
 #[test]
 fn every_kind_of_attribute_value_decodes_as_written() {
     let long = "p".repeat(300);
-    let cases: Vec<(Value, any_value::Value)> = vec![
-        (
-            Value::Str("".into()),
-            any_value::Value::StringValue(String::new()),
-        ),
-        (
-            Value::Str("GET".into()),
-            any_value::Value::StringValue("GET".into()),
-        ),
+    let text = |s: &str| any_value::Value::StringValue(s.to_owned());
+    let mut cases: Vec<(Value, any_value::Value)> = vec![
+        (Value::Str("".into()), text("")),
+        (Value::Str("GET".into()), text("GET")),
         // Past one-byte lengths: the field is written piece by piece.
-        (
-            Value::Str(long.clone().into()),
-            any_value::Value::StringValue(long.clone()),
-        ),
-        (
-            Value::Shared(long[..100].into()),
-            any_value::Value::StringValue(long[..100].into()),
-        ),
-        (Value::Int(0), any_value::Value::IntValue(0)),
-        (Value::Int(300), any_value::Value::IntValue(300)),
-        (Value::Int(-1), any_value::Value::IntValue(-1)),
-        (Value::Int(i64::MAX), any_value::Value::IntValue(i64::MAX)),
-        (
-            Value::Ip("0.0.0.0".parse().unwrap()),
-            any_value::Value::StringValue("0.0.0.0".into()),
-        ),
-        (
-            Value::Ip("255.255.255.255".parse().unwrap()),
-            any_value::Value::StringValue("255.255.255.255".into()),
-        ),
-        (
-            Value::Ip("10.0.100.9".parse().unwrap()),
-            any_value::Value::StringValue("10.0.100.9".into()),
-        ),
-        (
-            Value::Ip("fe80::1:2".parse().unwrap()),
-            any_value::Value::StringValue("fe80::1:2".into()),
-        ),
-        (
-            Value::Addr("127.0.0.1:65535".parse().unwrap()),
-            any_value::Value::StringValue("127.0.0.1:65535".into()),
-        ),
-        (
-            Value::Addr("[fd00::1]:8080".parse().unwrap()),
-            any_value::Value::StringValue("[fd00::1]:8080".into()),
-        ),
+        (Value::Str(long.clone().into()), text(&long)),
+        (Value::Shared(long[..100].into()), text(&long[..100])),
     ];
+    for i in [0, 300, -1, i64::MAX] {
+        cases.push((Value::Int(i), any_value::Value::IntValue(i)));
+    }
+    for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "fe80::1:2"] {
+        cases.push((Value::Ip(ip.parse().unwrap()), text(ip)));
+    }
+    for addr in ["127.0.0.1:65535", "[fd00::1]:8080"] {
+        cases.push((Value::Addr(addr.parse().unwrap()), text(addr)));
+    }
     let span = SpanData {
         trace_id: [1; 16],
         span_id: [2; 8],

@@ -145,6 +145,7 @@ fn markdown_shows_both_rows_the_ratios_and_the_verdicts() {
     let traced = BenchRow {
         telemetry: Some(TelemetryFigures {
             traced: true,
+            access_log: true,
             requests: 1000,
             spans_exported: Some(1536),
             spans_dropped: Some(464),
@@ -174,6 +175,15 @@ fn markdown_shows_both_rows_the_ratios_and_the_verdicts() {
     assert!(text.contains("| max throughput, traced ÷ off | 0.80× | ≥ 0.90× | **missed** |"));
     assert!(text.contains("| p99 at 2000 req/s, traced ÷ off | 1.05× | ≤ 1.10× | met |"));
     assert!(text.contains("≈ 2.00 finished spans each"));
+
+    // Without the access log (`--traced-without-access-log`), the rows say so.
+    let mut unlogged = traced.clone();
+    if let Some(t) = unlogged.telemetry.as_mut() {
+        t.access_log = false;
+    }
+    let text = markdown(&report(vec![off.clone(), unlogged]));
+    assert!(text.contains("over OTLP, vs telemetry off)"), "{text}");
+    assert!(text.contains("| metrics + traces | 40000 |"), "{text}");
 
     // Through the whole report, too.
     assert!(
