@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod heap;
+mod park;
 
 /// ECS Service Connect that runs anywhere: registry, sidecar proxy, log router and runner.
 #[derive(Parser)]
@@ -262,6 +263,7 @@ async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
         .iter()
         .map(|e| (e.port_name.clone(), e.discovery_name.clone()))
         .collect();
+    park::set_budget(opts.config.busy_poll);
     let metrics = prometheus::Registry::new();
     let sidecar = skiff_proxy::Sidecar::start(opts, &metrics)
         .await
@@ -537,8 +539,15 @@ fn block_on(
         b.worker_threads(threads);
         b
     };
-    // Access log lines wait in a per-thread buffer until it fills or the thread goes idle.
-    builder.on_thread_park(skiff_proxy::access::flush_thread_buffer);
+    // Access log lines wait in a per-thread buffer until it fills or the thread goes idle;
+    // then, on one thread, a sidecar may poll a moment before sleeping (park.rs).
+    builder.on_thread_park(move || {
+        skiff_proxy::access::flush_thread_buffer();
+        if threads <= 1 {
+            park::before_park();
+        }
+    });
+    let fds = (threads <= 1).then(park::RuntimeFds::before);
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -546,6 +555,9 @@ fn block_on(
             return ExitCode::from(1);
         }
     };
+    if let Some(fds) = fds {
+        fds.watch_new();
+    }
     let run = async {
         let trimmer = tokio::spawn(heap::trim_periodically());
         let result = f.await;

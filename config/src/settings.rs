@@ -64,6 +64,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// `[proxy] drain_ms`: how long a stopping sidecar keeps serving.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
+/// `[proxy] busy_poll_us`: while a response is awaited, the sidecar's thread polls for up to
+/// this long before it sleeps (see `src/park.rs`).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+/// The largest `busy_poll_us`: a spin longer than a millisecond costs more than any sleep.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 /// `[proxy] heartbeat_ttl_ms`: an instance is unhealthy when not renewed for this long.
 pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 /// `[proxy] pool_idle_timeout_ms`: shorter than common application keep-alive timeouts
@@ -159,6 +164,8 @@ pub struct ProxySettings {
     pub replay_buffer_bytes: usize,
     pub debug_attempts_header: bool,
     pub access_log: AccessLog,
+    /// Zero: never poll before sleeping.
+    pub busy_poll: Duration,
     pub retry: RetrySettings,
     pub outlier_detection: OutlierDetection,
 }
@@ -325,6 +332,7 @@ impl Default for Settings {
                 replay_buffer_bytes: DEFAULT_REPLAY_BUFFER_BYTES,
                 debug_attempts_header: false,
                 access_log: AccessLog::Off,
+                busy_poll: DEFAULT_BUSY_POLL,
                 retry: RetrySettings {
                     default: RetryPolicy::DEFAULT,
                     services: BTreeMap::new(),

@@ -173,6 +173,9 @@ pub struct ProxyConfig {
     pub vip_base: Option<Ipv4Addr>,
     /// Prefix length of the VIP block (16 for 127.255.0.0/16).
     pub vip_prefix_len: u8,
+    /// While a response is awaited, how long the thread polls before it sleeps (zero: never);
+    /// applied by the binary's runtime, which reads [`crate::responses_awaited`].
+    pub busy_poll: Duration,
 }
 
 // === impl ProxyConfig ===
@@ -196,6 +199,7 @@ impl Default for ProxyConfig {
             access_log_query: false,
             vip_base: None,
             vip_prefix_len: DEFAULT_VIP_PREFIX_LEN,
+            busy_poll: skiff_config::settings::DEFAULT_BUSY_POLL,
         }
     }
 }

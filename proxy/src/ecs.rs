@@ -67,6 +67,7 @@ pub fn proxy_config(s: &ProxySettings) -> ProxyConfig {
         },
         drain_window: s.drain,
         heartbeat_ttl: s.heartbeat_ttl,
+        busy_poll: s.busy_poll,
         debug_attempts_header: s.debug_attempts_header,
         access_log: match s.access_log {
             settings::AccessLog::Off => AccessLog::Off,

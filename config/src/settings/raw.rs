@@ -45,6 +45,7 @@ pub(super) struct RawProxy {
     pub replay_buffer_bytes: usize,
     pub debug_attempts_header: bool,
     pub access_log: AccessLog,
+    pub busy_poll_us: u64,
     pub retry: RawRetry,
     pub outlier_detection: RawOutlierDetection,
 }
@@ -162,6 +163,7 @@ impl Default for RawProxy {
             replay_buffer_bytes: DEFAULT_REPLAY_BUFFER_BYTES,
             debug_attempts_header: false,
             access_log: AccessLog::Off,
+            busy_poll_us: micros(DEFAULT_BUSY_POLL),
             retry: RawRetry::default(),
             outlier_detection: RawOutlierDetection::default(),
         }
@@ -216,6 +218,10 @@ impl Default for RawTelemetry {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 // === validation ===
@@ -283,6 +289,17 @@ impl RawProxy {
                 p.push("proxy.max_connections_per_endpoint", "must be at least 1");
                 DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT
             });
+        let busy_poll = Duration::from_micros(self.busy_poll_us);
+        if busy_poll > MAX_BUSY_POLL {
+            p.push(
+                "proxy.busy_poll_us",
+                format_args!(
+                    "must be between 0 and {}, found {}",
+                    micros(MAX_BUSY_POLL),
+                    self.busy_poll_us
+                ),
+            );
+        }
         let retry = self.retry.validate(p);
         let outlier_detection = self.outlier_detection.validate(p);
         ProxySettings {
@@ -307,6 +324,7 @@ impl RawProxy {
             replay_buffer_bytes: self.replay_buffer_bytes,
             debug_attempts_header: self.debug_attempts_header,
             access_log: self.access_log,
+            busy_poll: busy_poll.min(MAX_BUSY_POLL),
             retry,
             outlier_detection,
         }

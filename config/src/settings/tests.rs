@@ -204,6 +204,7 @@ fn every_invalid_value_is_reported_at_once() {
         connect_timeout_ms = 0
         vip_cidr = "127.255.0.1/16"
         max_connections_per_endpoint = 0
+        busy_poll_us = 5000
         [proxy.retry]
         backoff_base_ms = 100
         backoff_max_ms = 50
@@ -228,6 +229,7 @@ fn every_invalid_value_is_reported_at_once() {
             "s.toml: registry.watch_max_wait_ms: 10 is less than watch_default_wait_ms (1000)",
             "s.toml: proxy.vip_cidr: \"127.255.0.1/16\" has host bits set; the block starts at 127.255.0.0/16",
             "s.toml: proxy.max_connections_per_endpoint: must be at least 1",
+            "s.toml: proxy.busy_poll_us: must be between 0 and 1000, found 5000",
             "s.toml: proxy.retry.backoff_max_ms: 50 is less than backoff_base_ms (100)",
             "s.toml: proxy.retry.budget_percent: must be between 0 and 1000, found 2000",
             "s.toml: proxy.retry.services.Orders.backoff_max_ms: 50 is less than backoff_base_ms (100)",
