@@ -113,6 +113,8 @@ pub struct BenchOptions {
     pub wrk: bool,
     /// The traced row logs every request (JSON access log) besides exporting its spans.
     pub traced_access_log: bool,
+    /// `[proxy] busy_poll_us` in the sidecars' settings file; `None`: the default.
+    pub sidecar_busy_poll_us: Option<u64>,
 }
 
 // === impl BenchOptions ===
@@ -146,6 +148,7 @@ impl BenchOptions {
             rounds: 1,
             wrk: true,
             traced_access_log: true,
+            sidecar_busy_poll_us: None,
         }
     }
 
@@ -779,6 +782,10 @@ impl Context<'_> {
                     _ => (peers::sidecar_service(port), Vec::new()),
                 };
                 write("sidecar.service.json", service.to_string())?;
+                write(
+                    "sidecar.toml",
+                    peers::sidecar_settings(self.opts.sidecar_busy_poll_us),
+                )?;
                 let registry_url = match &self.opts.registry_url {
                     Some(url) => url.clone(),
                     None => format!(

@@ -274,6 +274,10 @@ pub struct BenchProxyArgs {
     /// telemetry issue's bound reads.
     #[arg(long)]
     pub traced_without_access_log: bool,
+    /// `[proxy] busy_poll_us` for the sidecar rows (their settings file, `{dir}/sidecar.toml`);
+    /// 0 makes them sleep at once, as HAProxy and nginx do here. Default: the sidecar's own.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub sidecar_busy_poll_us: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Markdown)]
     pub format: Format,
     /// Write the report here instead of stdout.
@@ -479,6 +483,7 @@ impl BenchProxyArgs {
         opts.install_missing = !self.no_install;
         opts.wrk = !self.own_generator;
         opts.traced_access_log = !self.traced_without_access_log;
+        opts.sidecar_busy_poll_us = self.sidecar_busy_poll_us;
         opts.rounds = self.rounds as usize;
         opts.budget *= self.rounds;
         opts

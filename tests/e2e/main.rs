@@ -4,6 +4,7 @@
 // and fail loudly on any broken expectation.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::disallowed_types)]
 
+mod bench;
 mod cli;
 mod firelens;
 mod harness;

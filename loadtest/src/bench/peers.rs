@@ -195,6 +195,14 @@ pub fn with_env(argv: &[String], set: &[(String, String)]) -> Vec<String> {
     out
 }
 
+/// The sidecars' settings file (`{dir}/sidecar.toml`): the defaults, or `busy_poll_us` as given.
+pub fn sidecar_settings(busy_poll_us: Option<u64>) -> String {
+    match busy_poll_us {
+        Some(us) => format!("[proxy]\nbusy_poll_us = {us}\n"),
+        None => "# The defaults (config/settings.example.toml).\n".to_string(),
+    }
+}
+
 /// The sidecar's default command line (placeholders in braces, see [`expand`]). It binds a
 /// loopback address of its own ([`SIDECAR_BIND_IP`] or, see [`sidecar_bind_ip`], the next free one) so that its admin, HTTP proxy and DNS
 /// listeners cannot collide with a sidecar already running on 127.0.0.1.
@@ -212,6 +220,8 @@ pub fn default_sidecar_command() -> Vec<String> {
         "skiff-bench",
         "--bind-ip",
         "{bind_ip}",
+        "--settings",
+        "{dir}/sidecar.toml",
         // The benchmark stops it by SIGTERM: no clients to drain for.
         "--drain-ms",
         "0",
