@@ -167,6 +167,58 @@ async fn slow_upstream_times_out_with_504() {
     );
 }
 
+/// The count the binary's busy polling reads (`src/park.rs`): a request is in it from the
+/// moment it is sent upstream until its response head is in, or it times out — never longer,
+/// or an idle sidecar would keep polling. (Each test runs in a process of its own.)
+#[tokio::test]
+async fn a_response_is_awaited_until_its_head_arrives_or_its_request_times_out() {
+    assert!(!skiff_proxy::responses_awaited());
+    let slow = Upstream::start("slow").await;
+    let mut cfg = config();
+    cfg.default_policy.timeouts.per_request = Some(Duration::from_millis(400));
+    let proxy = Proxy::start(
+        cfg,
+        vec![
+            service("orders", "orders:8080", vec![endpoint("s", slow.addr)]),
+            grpc_service("greeter", "greeter:50051", vec![endpoint("g", slow.addr)]),
+        ],
+    )
+    .await;
+    let http = proxy.http;
+    // HTTP/1.1 answered, HTTP/1.1 timed out, HTTP/2 answered.
+    for (delay, timed_out, h2) in [
+        (200, false, false),
+        (30_000, true, false),
+        (200, false, true),
+    ] {
+        slow.set(Behavior::Delay(Duration::from_millis(delay)));
+        let request = tokio::spawn(async move {
+            if h2 {
+                h2_send(http, grpc_request("http://greeter:50051/x.Y/Z"))
+                    .await
+                    .status
+            } else {
+                Client::new(http).get("http://orders:8080/").await.status
+            }
+        });
+        eventually(5, "the request awaited upstream", || async {
+            skiff_proxy::responses_awaited()
+        })
+        .await;
+        let status = request.await.unwrap();
+        let expected = if timed_out {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, expected, "delay {delay} ms, h2 {h2}");
+        assert!(
+            !skiff_proxy::responses_awaited(),
+            "still awaited after the answer (delay {delay} ms, h2 {h2})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn failing_endpoint_is_ejected_then_returns() {
     let bad = Upstream::start("bad").await;
