@@ -278,6 +278,10 @@ pub struct BenchProxyArgs {
     /// 0 makes them sleep at once, as HAProxy and nginx do here. Default: the sidecar's own.
     #[arg(long, value_name = "MICROSECONDS")]
     pub sidecar_busy_poll_us: Option<u64>,
+    /// Path every request asks for. The default origin answers `/health` at once and
+    /// `/delay/<ms>` after that many milliseconds (a slow upstream).
+    #[arg(long, default_value = "/health", value_parser = parse_path)]
+    pub path: String,
     #[arg(long, value_enum, default_value_t = Format::Markdown)]
     pub format: Format,
     /// Write the report here instead of stdout.
@@ -484,6 +488,7 @@ impl BenchProxyArgs {
         opts.wrk = !self.own_generator;
         opts.traced_access_log = !self.traced_without_access_log;
         opts.sidecar_busy_poll_us = self.sidecar_busy_poll_us;
+        opts.path = self.path;
         opts.rounds = self.rounds as usize;
         opts.budget *= self.rounds;
         opts
@@ -517,6 +522,14 @@ impl BenchLogrouterArgs {
         };
         opts.peer_fluent_bit.clone_from(&self.peer_fluent_bit);
         opts
+    }
+}
+
+/// A request path: starts with `/`, no spaces.
+fn parse_path(text: &str) -> Result<String, String> {
+    match http::uri::PathAndQuery::try_from(text) {
+        Ok(path) if text.starts_with('/') => Ok(path.as_str().to_owned()),
+        _ => Err(format!("{text:?} is not a request path like /health")),
     }
 }
 
@@ -586,6 +599,15 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn bench_paths() {
+        assert_eq!(parse_path("/delay/1"), Ok("/delay/1".to_string()));
+        assert_eq!(parse_path("/health?x=1"), Ok("/health?x=1".to_string()));
+        assert!(parse_path("health").is_err());
+        assert!(parse_path("/a b").is_err());
+        assert!(parse_path("").is_err());
     }
 
     #[test]
@@ -678,6 +700,10 @@ mod tests {
             "--no-install",
             "--own-generator",
             "--traced-without-access-log",
+            "--sidecar-busy-poll-us",
+            "0",
+            "--path",
+            "/delay/1",
         ])
         .unwrap()
         else {
@@ -685,6 +711,8 @@ mod tests {
         };
         let opts = bench.into_options();
         assert!(!opts.wrk && !opts.traced_access_log);
+        assert_eq!(opts.sidecar_busy_poll_us, Some(0));
+        assert_eq!(opts.path, "/delay/1");
         assert_eq!(opts.peers, vec![Peer::Direct, Peer::Haproxy]);
         assert_eq!(opts.budget, bench::QUICK_BUDGET);
         assert_eq!(
