@@ -268,6 +268,7 @@ async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
     let sidecar = skiff_proxy::Sidecar::start(opts, &metrics)
         .await
         .map_err(runtime_error)?;
+    park::count_in(sidecar.metrics().busy_polls());
     let ready = serde_json::json!({
         "admin_addr": sidecar.admin_addr().to_string(),
         "http_proxy_addr": sidecar.http_proxy_addr().to_string(),

@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use skiff_proxy::BusyPollMetrics;
 use tokio::time::Instant;
 
 /// At most this many descriptors are watched (tokio opens one or two per runtime).
@@ -41,6 +42,8 @@ pub const PROBE_EVERY: u32 = 64;
 static FDS: OnceLock<Vec<RawFd>> = OnceLock::new();
 /// `[proxy] busy_poll_us` in nanoseconds; zero: never poll.
 static BUDGET_NS: AtomicU64 = AtomicU64::new(0);
+/// Where polls are counted (`skiff_proxy_busy_poll*` on `/metrics`), once the sidecar runs.
+static METRICS: OnceLock<BusyPollMetrics> = OnceLock::new();
 
 thread_local! {
     static ADAPT: Cell<Adapt> = const { Cell::new(Adapt::new()) };
@@ -76,6 +79,11 @@ pub fn set_budget(budget: Duration) {
     BUDGET_NS.store(ns, Ordering::Relaxed);
 }
 
+/// Counts every poll from now on in the sidecar's metrics.
+pub fn count_in(metrics: BusyPollMetrics) {
+    let _ = METRICS.set(metrics);
+}
+
 /// The runtime's park hook: polls while a response is awaited and polling pays.
 pub fn before_park() {
     let budget = BUDGET_NS.load(Ordering::Relaxed);
@@ -86,7 +94,18 @@ pub fn before_park() {
     ADAPT.with(|cell| {
         let mut adapt = cell.get();
         if adapt.should_poll() {
-            adapt.record(poll_until_ready(fds, Duration::from_nanos(budget)));
+            let start = Instant::now();
+            let event = poll_until_ready(fds, Duration::from_nanos(budget));
+            adapt.record(event);
+            if let Some(metrics) = METRICS.get() {
+                let outcome = if event {
+                    &metrics.event
+                } else {
+                    &metrics.timeout
+                };
+                outcome.inc();
+                metrics.seconds.inc_by(start.elapsed().as_secs_f64());
+            }
         }
         cell.set(adapt);
     });

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Counter, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::ProxyError;
@@ -96,7 +96,17 @@ pub struct Metrics {
     pub(crate) discovery_last_update: IntGauge,
     pub(crate) discovery_errors: IntGauge,
     pub(crate) draining: IntGauge,
+    busy_polls: BusyPollMetrics,
     targets: Arc<Mutex<HashMap<String, Arc<TargetMetrics>>>>,
+}
+
+/// Busy polling before the runtime's thread sleeps (the binary's `src/park.rs` records it):
+/// how often a poll saw an event in time, and the CPU time polling took.
+#[derive(Clone)]
+pub struct BusyPollMetrics {
+    pub event: IntCounter,
+    pub timeout: IntCounter,
+    pub seconds: Counter,
 }
 
 /// Pre-resolved handles for one target service (or, for `inbound/NAME`, for this task's app).
@@ -159,6 +169,11 @@ fn histogram(r: &Registry, o: Opts, labels: &[&str]) -> Result<HistogramVec, pro
 // === impl Metrics ===
 
 impl Metrics {
+    /// The busy-polling counters, for the runtime's park hook.
+    pub fn busy_polls(&self) -> BusyPollMetrics {
+        self.busy_polls.clone()
+    }
+
     /// Creates and registers every family for a sidecar of ECS service `service_name`
     /// (`client` for a client-only sidecar) in cluster `default`.
     pub fn new(registry: &Registry, service_name: &str) -> Result<Metrics, prometheus::Error> {
@@ -364,6 +379,26 @@ impl Metrics {
                 ),
             )?,
             draining: gauge(r, o("skiff_proxy_draining", "1 while the sidecar drains"))?,
+            busy_polls: {
+                let outcomes = counter(
+                    r,
+                    o(
+                        "skiff_proxy_busy_polls_total",
+                        "Polls before sleeping while a response was due, by whether an event came in time",
+                    ),
+                    &["outcome"],
+                )?;
+                let seconds = Counter::with_opts(o(
+                    "skiff_proxy_busy_poll_seconds_total",
+                    "Time the sidecar's thread spent polling instead of sleeping",
+                ))?;
+                r.register(Box::new(seconds.clone()))?;
+                BusyPollMetrics {
+                    event: outcomes.with_label_values(&["event"]),
+                    timeout: outcomes.with_label_values(&["timeout"]),
+                    seconds,
+                }
+            },
             targets: Arc::new(Mutex::new(HashMap::new())),
         };
         let build = gauge_vec(

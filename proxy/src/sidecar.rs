@@ -432,6 +432,11 @@ impl Sidecar {
         self.admin_addr
     }
 
+    /// This sidecar's metrics (the binary records its busy polling there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn http_proxy_addr(&self) -> SocketAddr {
         self.http_proxy_addr
     }

@@ -454,6 +454,7 @@ fn serial_promtool_check_metrics_accepts_every_component() {
 
     let sidecars = discovered_sidecars(QUICKSTART_SIDECARS);
     let mut served = 0;
+    let mut polls = 0.0;
     for addr in &sidecars {
         let text = metrics_of(addr);
         assert_promtool_accepts(&format!("sidecar {addr}"), &text);
@@ -476,12 +477,20 @@ fn serial_promtool_check_metrics_accepts_every_component() {
             "skiff_proxy_discovery_stale",
             "skiff_proxy_discovery_last_update_timestamp_seconds",
             "skiff_proxy_build_info",
+            "skiff_proxy_busy_polls_total",
+            "skiff_proxy_busy_poll_seconds_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
                 "sidecar {addr} lacks {family}"
             );
         }
+        // The frontend's sidecar waited for the backend's answers: it polled before sleeping.
+        polls += text
+            .lines()
+            .filter(|l| l.starts_with("skiff_proxy_busy_polls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
         if text.contains("skiff_proxy_inbound_requests_total{cluster_name=\"quickstart\",discovery_name=\"frontend\",service_name=\"frontend\",status_class=\"2xx\"}") {
             served += 1;
         }
@@ -490,6 +499,7 @@ fn serial_promtool_check_metrics_accepts_every_component() {
         served >= 1,
         "no frontend sidecar counted its inbound 2xx requests"
     );
+    assert!(polls > 0.0, "no sidecar polled while awaiting a response");
 
     let logrouter = metrics_of(&router.metrics_addr);
     assert_promtool_accepts("log router", &logrouter);
