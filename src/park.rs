@@ -58,18 +58,15 @@ impl RuntimeFds {
         RuntimeFds(event_poll_fds())
     }
 
-    /// After the runtime is built: its descriptors are the new ones. Watched from now on;
-    /// false when none, or implausibly many, were found (then nothing ever polls).
-    pub fn watch_new(self) -> bool {
+    /// After the runtime is built: its descriptors are the new ones, watched from now on.
+    /// When none, or implausibly many, were found, nothing ever polls (a debug line says so).
+    pub fn watch_new(self) {
         let new: Vec<RawFd> = event_poll_fds().difference(&self.0).copied().collect();
         if new.is_empty() || new.len() > MAX_FDS {
-            tracing::debug!(
-                found = new.len(),
-                "runtime's epoll not found: no busy polling"
-            );
-            return false;
+            tracing::debug!(found = ?new, "runtime's epoll not found: no busy polling");
+            return;
         }
-        FDS.set(new).is_ok()
+        let _ = FDS.set(new);
     }
 }
 
