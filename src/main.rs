@@ -263,12 +263,12 @@ async fn proxy(args: ProxyArgs) -> Result<(), (u8, String)> {
         .iter()
         .map(|e| (e.port_name.clone(), e.discovery_name.clone()))
         .collect();
-    park::set_budget(opts.config.busy_poll);
+    let busy_poll = opts.config.busy_poll;
     let metrics = prometheus::Registry::new();
     let sidecar = skiff_proxy::Sidecar::start(opts, &metrics)
         .await
         .map_err(runtime_error)?;
-    park::count_in(sidecar.metrics().busy_polls());
+    park::enable(busy_poll, sidecar.metrics().busy_polls());
     let ready = serde_json::json!({
         "admin_addr": sidecar.admin_addr().to_string(),
         "http_proxy_addr": sidecar.http_proxy_addr().to_string(),
@@ -541,12 +541,11 @@ fn block_on(
         b
     };
     // Access log lines wait in a per-thread buffer until it fills or the thread goes idle;
-    // then, on one thread, a sidecar may poll a moment before sleeping (park.rs).
-    builder.on_thread_park(move || {
+    // then a sidecar may poll a moment before sleeping (park.rs), on one thread only: only a
+    // single-threaded runtime's epoll is watched.
+    builder.on_thread_park(|| {
         skiff_proxy::access::flush_thread_buffer();
-        if threads <= 1 {
-            park::before_park();
-        }
+        park::before_park();
     });
     let fds = (threads <= 1).then(park::RuntimeFds::before);
     let runtime = match builder.enable_all().build() {

@@ -25,7 +25,6 @@ use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use skiff_proxy::BusyPollMetrics;
@@ -40,10 +39,14 @@ pub const PROBE_EVERY: u32 = 64;
 
 /// The runtime's event-poll descriptors, once found.
 static FDS: OnceLock<Vec<RawFd>> = OnceLock::new();
-/// `[proxy] busy_poll_us` in nanoseconds; zero: never poll.
-static BUDGET_NS: AtomicU64 = AtomicU64::new(0);
-/// Where polls are counted (`skiff_proxy_busy_poll*` on `/metrics`), once the sidecar runs.
-static METRICS: OnceLock<BusyPollMetrics> = OnceLock::new();
+/// Set once a sidecar runs with a non-zero `[proxy] busy_poll_us`; until then nothing polls.
+static POLLING: OnceLock<Polling> = OnceLock::new();
+
+/// How long a poll may last, and where polls are counted (`skiff_proxy_busy_poll*`).
+struct Polling {
+    budget: Duration,
+    metrics: BusyPollMetrics,
+}
 
 thread_local! {
     static ADAPT: Cell<Adapt> = const { Cell::new(Adapt::new()) };
@@ -61,55 +64,55 @@ impl RuntimeFds {
     /// After the runtime is built: its descriptors are the new ones, watched from now on.
     /// When none, or implausibly many, were found, nothing ever polls (a debug line says so).
     pub fn watch_new(self) {
-        let new: Vec<RawFd> = event_poll_fds().difference(&self.0).copied().collect();
+        let new = self.opened_since();
         if new.is_empty() || new.len() > MAX_FDS {
             tracing::debug!(found = ?new, "runtime's epoll not found: no busy polling");
             return;
         }
         let _ = FDS.set(new);
     }
+
+    /// The event-poll descriptors opened since `self` was taken.
+    fn opened_since(self) -> Vec<RawFd> {
+        event_poll_fds().difference(&self.0).copied().collect()
+    }
 }
 
-/// How long to poll while a response is awaited; zero turns polling off.
-pub fn set_budget(budget: Duration) {
-    let ns = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
-    BUDGET_NS.store(ns, Ordering::Relaxed);
-}
-
-/// Counts every poll from now on in the sidecar's metrics.
-pub fn count_in(metrics: BusyPollMetrics) {
-    let _ = METRICS.set(metrics);
+/// Turns polling on for up to `budget` per park (zero leaves it off), counted in `metrics`.
+pub fn enable(budget: Duration, metrics: BusyPollMetrics) {
+    if !budget.is_zero() {
+        let _ = POLLING.set(Polling { budget, metrics });
+    }
 }
 
 /// The runtime's park hook: polls while a response is awaited and polling pays.
 pub fn before_park() {
-    let budget = BUDGET_NS.load(Ordering::Relaxed);
-    if budget == 0 || !skiff_proxy::responses_awaited() {
+    let (Some(polling), Some(fds)) = (POLLING.get(), FDS.get()) else {
+        return;
+    };
+    if !skiff_proxy::responses_awaited() {
         return;
     }
-    let Some(fds) = FDS.get() else { return };
     ADAPT.with(|cell| {
         let mut adapt = cell.get();
         if adapt.should_poll() {
-            let start = Instant::now();
-            let event = poll_until_ready(fds, Duration::from_nanos(budget));
+            let (event, spent) = poll_until_ready(fds, polling.budget);
             adapt.record(event);
-            if let Some(metrics) = METRICS.get() {
-                let outcome = if event {
-                    &metrics.event
-                } else {
-                    &metrics.timeout
-                };
-                outcome.inc();
-                metrics.seconds.inc_by(start.elapsed().as_secs_f64());
-            }
+            let outcome = if event {
+                &polling.metrics.event
+            } else {
+                &polling.metrics.timeout
+            };
+            outcome.inc();
+            polling.metrics.seconds.inc_by(spent.as_secs_f64());
         }
         cell.set(adapt);
     });
 }
 
-/// Polls `fds` without blocking until one is readable (true) or `budget` has passed (false).
-pub fn poll_until_ready(fds: &[RawFd], budget: Duration) -> bool {
+/// Polls `fds` without blocking until one is readable (true) or `budget` has passed (false);
+/// with the time it took.
+pub fn poll_until_ready(fds: &[RawFd], budget: Duration) -> (bool, Duration) {
     let mut set = [libc::pollfd {
         fd: -1,
         events: libc::POLLIN,
@@ -121,11 +124,10 @@ pub fn poll_until_ready(fds: &[RawFd], budget: Duration) -> bool {
     }
     let start = Instant::now();
     loop {
-        if poll_once(&mut set[..n]) {
-            return true;
-        }
-        if start.elapsed() >= budget {
-            return false;
+        let ready = poll_once(&mut set[..n]);
+        let spent = start.elapsed();
+        if ready || spent >= budget {
+            return (ready, spent);
         }
         std::hint::spin_loop();
     }
@@ -251,30 +253,38 @@ mod tests {
 
     #[test]
     fn the_runtimes_epoll_is_found_and_a_poll_ends_on_its_event_or_its_budget() {
-        let before = event_poll_fds();
+        let before = RuntimeFds::before();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let fds: Vec<RawFd> = event_poll_fds().difference(&before).copied().collect();
+        let fds = before.opened_since();
         assert!(
             (1..=MAX_FDS).contains(&fds.len()),
             "the runtime's epoll descriptors: {fds:?}"
         );
+        let quiet = |fds: &[RawFd]| !poll_until_ready(fds, Duration::ZERO).0;
         let receiver = runtime.block_on(async {
             let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            // Registered with the runtime's epoll; a park takes in the registration's events.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Registered with the runtime's epoll: the runtime takes in the registration's
+            // events each time this task yields, until nothing is pending.
+            for _ in 0..100 {
+                if quiet(&fds) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
             socket
         });
         // A quiet runtime: the poll runs out its budget.
-        assert!(!poll_until_ready(&fds, Duration::from_millis(2)));
+        assert!(quiet(&fds), "events still pending on the runtime's epoll");
+        assert!(!poll_until_ready(&fds, Duration::from_millis(2)).0);
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender
             .send_to(b"x", receiver.local_addr().unwrap())
             .unwrap();
         // A datagram for a registered socket: the poll ends on it, however long its budget.
-        let ready = poll_until_ready(&fds, Duration::from_secs(600));
+        let (ready, _) = poll_until_ready(&fds, Duration::from_secs(600));
         assert!(ready, "the datagram made the runtime's epoll readable");
     }
 }

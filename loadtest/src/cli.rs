@@ -591,6 +591,17 @@ mod tests {
         Cli::try_parse_from(std::iter::once("skiff").chain(args.iter().copied())).map(|c| c.command)
     }
 
+    /// `skiff loadtest bench ARGS`, parsed.
+    fn bench_command(args: &[&str]) -> BenchCommand {
+        let Top::Loadtest(LoadtestArgs {
+            command: LoadtestCommand::Bench(BenchArgs { command }),
+        }) = parse(&[&["loadtest", "bench"], args].concat()).unwrap()
+        else {
+            panic!("not loadtest bench: {args:?}");
+        };
+        command
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
@@ -683,14 +694,7 @@ mod tests {
 
     #[test]
     fn bench_flags_become_options() {
-        let Top::Loadtest(LoadtestArgs {
-            command:
-                LoadtestCommand::Bench(BenchArgs {
-                    command: BenchCommand::Proxy(bench),
-                }),
-        }) = parse(&[
-            "loadtest",
-            "bench",
+        let BenchCommand::Proxy(bench) = bench_command(&[
             "proxy",
             "--quick",
             "--peers",
@@ -704,9 +708,7 @@ mod tests {
             "0",
             "--path",
             "/delay/1",
-        ])
-        .unwrap()
-        else {
+        ]) else {
             panic!("not bench proxy");
         };
         let opts = bench.into_options();
@@ -725,27 +727,15 @@ mod tests {
     #[test]
     fn the_telemetry_comparison_is_a_default_row_and_can_run_alone() {
         let peers_of = |args: &[&str]| {
-            let Top::Loadtest(LoadtestArgs {
-                command:
-                    LoadtestCommand::Bench(BenchArgs {
-                        command: BenchCommand::Proxy(bench),
-                    }),
-            }) = parse(args).unwrap()
-            else {
+            let BenchCommand::Proxy(bench) = bench_command(args) else {
                 panic!("not bench proxy");
             };
             bench.into_options().peers
         };
-        let default = peers_of(&["loadtest", "bench", "proxy", "--quick"]);
+        let default = peers_of(&["proxy", "--quick"]);
         assert!(default.contains(&Peer::Sidecar) && default.contains(&Peer::SidecarTraced));
         assert_eq!(
-            peers_of(&[
-                "loadtest",
-                "bench",
-                "proxy",
-                "--peers",
-                "sidecar,sidecar-traced"
-            ]),
+            peers_of(&["proxy", "--peers", "sidecar,sidecar-traced"]),
             vec![Peer::Sidecar, Peer::SidecarTraced]
         );
     }
@@ -753,18 +743,12 @@ mod tests {
     #[test]
     fn peer_config_prints_the_benchmarks_own_files() {
         let file = |args: &[&str]| {
-            let Top::Loadtest(LoadtestArgs {
-                command:
-                    LoadtestCommand::Bench(BenchArgs {
-                        command: BenchCommand::PeerConfig(args),
-                    }),
-            }) = parse(args).unwrap()
-            else {
+            let BenchCommand::PeerConfig(args) = bench_command(args) else {
                 panic!("not bench peer-config");
             };
             args.text()
         };
-        let base = ["loadtest", "bench", "peer-config"];
+        let base = ["peer-config"];
         let ports = ["--listen-port", "18001", "--origin-port", "18002"];
         let haproxy = file(&[&base[..], &["haproxy"], &ports].concat());
         assert_eq!(haproxy, bench::peers::haproxy_config(18001, 18002));
@@ -786,14 +770,7 @@ mod tests {
 
     #[test]
     fn registry_and_logrouter_bench_flags_become_options() {
-        let Top::Loadtest(LoadtestArgs {
-            command:
-                LoadtestCommand::Bench(BenchArgs {
-                    command: BenchCommand::Registry(registry),
-                }),
-        }) = parse(&[
-            "loadtest",
-            "bench",
+        let BenchCommand::Registry(registry) = bench_command(&[
             "registry",
             "--quick",
             "--skiff",
@@ -801,9 +778,7 @@ mod tests {
             "--no-install",
             "--format",
             "json",
-        ])
-        .unwrap()
-        else {
+        ]) else {
             panic!("not bench registry");
         };
         assert_eq!(registry.format, Format::Json);
@@ -812,19 +787,8 @@ mod tests {
         assert_eq!(opts.scale_instances, 10_000);
         assert_eq!(opts.budget, Duration::from_secs(60));
         assert!(!opts.install_missing);
-        let Top::Loadtest(LoadtestArgs {
-            command:
-                LoadtestCommand::Bench(BenchArgs {
-                    command: BenchCommand::Logrouter(logrouter),
-                }),
-        }) = parse(&[
-            "loadtest",
-            "bench",
-            "logrouter",
-            "--peer-fluent-bit",
-            "/usr/bin/fluent-bit",
-        ])
-        .unwrap()
+        let BenchCommand::Logrouter(logrouter) =
+            bench_command(&["logrouter", "--peer-fluent-bit", "/usr/bin/fluent-bit"])
         else {
             panic!("not bench logrouter");
         };

@@ -48,12 +48,25 @@ pub(crate) struct EndpointView {
     pub(crate) idle_connections: usize,
 }
 
-/// Decrements the endpoint's pending count when dropped.
+/// Attempts in flight to any endpoint in this process: sent (or being sent) upstream, their
+/// response head not in yet.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any attempt is waiting on an upstream: the runtime's thread polls a little before
+/// it sleeps only then (`src/park.rs` of the binary), since a fast upstream answers sooner than
+/// a sleeping thread wakes.
+pub fn responses_awaited() -> bool {
+    PENDING.load(Ordering::Relaxed) != 0
+}
+
+/// Decrements the endpoint's pending count, and the process's, when dropped (with its
+/// attempt's future on a timeout too).
 pub(crate) struct PendingGuard<'a>(&'a AtomicUsize);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        PENDING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -102,6 +115,7 @@ impl Endpoint {
     pub(crate) fn begin(&self) -> PendingGuard<'_> {
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        PENDING.fetch_add(1, Ordering::Relaxed);
         PendingGuard(&self.pending)
     }
 

@@ -42,9 +42,9 @@ pub mod trace;
 pub use access::AccessLogSink;
 pub use config::{AccessLog, BalancerKind, ProxyConfig};
 pub use discovery::{Alias, AppProtocol, Discovery, EndpointInfo, ServiceInfo, Snapshot};
+pub use endpoint::responses_awaited;
 pub use error::{Blame, ProxyError, Retryable, error_response};
 pub use metrics::{BusyPollMetrics, Metrics};
-pub use pool::responses_awaited;
 pub use sidecar::{DiscoverySource, IngressEntry, Sidecar, SidecarOptions};
 pub use trace::{OtlpProtocol, Sampler, TraceError, TraceSettings};
 

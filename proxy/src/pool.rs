@@ -200,12 +200,10 @@ impl Connector {
                 Err(e) if e.unsent() => return Err(SendError::Unsent(e)),
                 Err(e) => return Err(SendError::Exchange(e)),
             };
-            let awaiting = Awaiting::start();
             let (resp, reader) = conn
                 .read_head(method, whole)
                 .await
                 .map_err(SendError::Exchange)?;
-            drop(awaiting);
             let lease = self.lease(endpoint, None, Some(conn));
             return Ok(ResponseBody::h1(resp, reader, lease));
         }
@@ -231,10 +229,7 @@ impl Connector {
             let H2Conn { mut tx, state } = conn;
             state.busy.fetch_add(1, Ordering::Relaxed);
             let lease = self.lease(endpoint, Some(state.clone()), None);
-            let awaiting = Awaiting::start();
-            let sent = tx.try_send_request(req).await;
-            drop(awaiting);
-            match sent {
+            match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, lease)),
                 Err(mut e) => match e.take_message() {
                     // The shared connection went away before the stream was opened.
@@ -597,32 +592,5 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // Dropped before its end: the connection closes.
         self.release(false);
-    }
-}
-
-/// Requests sent upstream whose response head has not come in yet, in this process.
-static AWAITING: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether any request sent upstream is waiting for its response head: the runtime's thread
-/// polls a little before it sleeps only then (`src/park.rs` of the binary), since a fast
-/// upstream answers sooner than a sleeping thread wakes.
-pub fn responses_awaited() -> bool {
-    AWAITING.load(Ordering::Relaxed) != 0
-}
-
-/// Counts one request in [`AWAITING`] while it lives (it is dropped with its future on a
-/// timeout too).
-struct Awaiting;
-
-impl Awaiting {
-    fn start() -> Awaiting {
-        AWAITING.fetch_add(1, Ordering::Relaxed);
-        Awaiting
-    }
-}
-
-impl Drop for Awaiting {
-    fn drop(&mut self) {
-        AWAITING.fetch_sub(1, Ordering::Relaxed);
     }
 }

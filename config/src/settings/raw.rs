@@ -324,7 +324,7 @@ impl RawProxy {
             replay_buffer_bytes: self.replay_buffer_bytes,
             debug_attempts_header: self.debug_attempts_header,
             access_log: self.access_log,
-            busy_poll: busy_poll.min(MAX_BUSY_POLL),
+            busy_poll,
             retry,
             outlier_detection,
         }
