@@ -1,9 +1,13 @@
-//! The exporter task: batches finished spans and sends them over OTLP (HTTP/protobuf or gRPC).
+//! The exporter task: takes chunks of encoded spans from the span queue and sends them over
+//! OTLP (HTTP/protobuf or gRPC).
 //!
-//! It owns the receiving end of the bounded span queue; while an export is in flight the queue
-//! absorbs new spans, and once full the request path drops (and counts) them instead of waiting.
-//! A failed or timed-out export drops its batch (counted too): spans are telemetry, never worth
-//! memory or latency when the collector is away.
+//! It wakes when a worker's chunk holds a full batch, when the schedule delay passes (partial
+//! batches), and on a flush; it swaps an empty chunk in and sends the full one, so while an
+//! export is in flight the chunks absorb new spans, and once full the request path drops (and
+//! counts) them instead of waiting. A failed or timed-out export drops its spans (counted too):
+//! spans are telemetry, never worth memory or latency when the collector is away.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
@@ -11,34 +15,42 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::otlp::Batch;
-use super::{ExportSettings, Msg, OtlpProtocol, SpanMetrics};
-
-/// While spans keep coming, the queue is drained this often (at the default queue size of
-/// 2,048, up to ~200,000 spans a second before any is dropped).
-const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+use super::otlp::{Body, Frame};
+use super::queue::{Chunk, SpanQueue};
+use super::{ExportSettings, OtlpProtocol, SpanMetrics};
 
 /// The gRPC method of OTLP trace export.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// Bounds of a new chunk's first room (it is sized like the last one taken).
+const CHUNK_MIN: usize = 4 << 10;
+const CHUNK_MAX: usize = 1 << 20;
+/// Sent chunks kept for reuse: refilling the same few buffers keeps the request path writing
+/// to memory that is still in cache, where a new one would be cold.
+const SPARES: usize = 4;
+
 struct Exporter {
     settings: ExportSettings,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Full<Body>>,
     metrics: SpanMetrics,
-    /// Spans are encoded as they arrive, so an export never stalls the thread encoding
-    /// a whole batch at once.
-    batch: Batch,
+    frame: Frame,
+    queue: Arc<SpanQueue>,
+    /// Empty chunks for the next takes to swap in.
+    spares: Vec<Vec<u8>>,
+    /// Span bytes of the last chunk taken: the next fresh chunk's room.
+    room: usize,
     /// The last export failed (logged once per streak).
     failing: bool,
 }
 
-/// Runs until every sender is gone, exporting what is left at the end.
+/// Runs until every tracer is gone, exporting what is left at the end.
 pub(super) async fn run(
     settings: ExportSettings,
-    resource: Vec<(String, String)>,
-    mut rx: mpsc::Receiver<Msg>,
+    frame: Frame,
+    queue: Arc<SpanQueue>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     metrics: SpanMetrics,
 ) {
     let mut connector = HttpConnector::new();
@@ -53,81 +65,100 @@ pub(super) async fn run(
         tokio::time::interval(settings.interval.max(std::time::Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut exporter = Exporter {
-        batch: Batch::new(&resource),
+        room: CHUNK_MIN,
+        spares: Vec::with_capacity(SPARES),
+        frame,
+        queue,
         settings,
         client,
         metrics,
         failing: false,
     };
     loop {
-        // Quiet: sleep until a span comes (one wake-up) or a partial batch is due.
-        let msg = tokio::select! {
-            msg = rx.recv() => msg,
-            _ = tick.tick() => {
-                exporter.flush().await;
-                continue;
-            }
-        };
-        let Some(msg) = msg else {
-            exporter.flush().await;
-            return;
-        };
-        exporter.handle(msg).await;
-        // Busy: take what the request path queued every `DRAIN_TICK`, without asking to be
-        // woken for each span (a wake-up per span cost more than encoding it).
-        loop {
-            tokio::time::sleep(DRAIN_TICK).await;
-            let mut drained = 0usize;
-            loop {
-                match rx.try_recv() {
-                    Ok(msg) => {
-                        drained += 1;
-                        exporter.handle(msg).await;
+        let full = exporter.queue.clone();
+        tokio::select! {
+            _ = full.full.notified() => exporter.export().await,
+            _ = tick.tick() => exporter.export().await,
+            flush = flushes.recv() => {
+                exporter.export().await;
+                match flush {
+                    Some(done) => {
+                        let _ = done.send(());
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        exporter.flush().await;
-                        return;
-                    }
+                    None => return,
                 }
             }
-            if futures_util::FutureExt::now_or_never(tick.tick()).is_some() {
-                exporter.flush().await;
-            }
-            if drained == 0 {
-                break;
-            }
+        }
+        // Behind: batches filled up during the export go at once.
+        while exporter.queue.has_batch() {
+            exporter.export().await;
         }
     }
+}
+
+/// A chunk's spans cut into requests of at most `batch` spans: byte ranges and span counts.
+fn batches(chunk: &Chunk, batch: usize) -> Vec<(std::ops::Range<usize>, usize)> {
+    let mut out = Vec::with_capacity(chunk.batch_ends.len() + 1);
+    let (mut from, mut left) = (0, chunk.spans);
+    for end in chunk
+        .batch_ends
+        .iter()
+        .copied()
+        .chain(std::iter::once(chunk.bytes.len()))
+    {
+        if left == 0 || end <= from {
+            break;
+        }
+        let n = left.min(batch);
+        out.push((from..end, n));
+        left -= n;
+        from = end;
+    }
+    out
 }
 
 // === impl Exporter ===
 
 impl Exporter {
-    async fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Span(span) => {
-                self.batch.push(&span);
-                if self.batch.len() >= self.settings.batch_size {
-                    self.flush().await;
-                }
-            }
-            Msg::Flush(done) => {
-                self.flush().await;
-                let _ = done.send(());
+    /// Takes every worker's spans and sends them.
+    async fn export(&mut self) {
+        for i in 0..self.queue.shards() {
+            let fresh = self
+                .spares
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.room));
+            match self.queue.take(i, fresh) {
+                Ok(chunk) => self.send_chunk(chunk).await,
+                Err(fresh) => self.spares.push(fresh),
             }
         }
     }
 
-    /// Sends the batch (if any); counts its spans exported or dropped.
-    async fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
+    /// Sends a chunk: whole when it is one batch, else one request per batch (slices of it);
+    /// then keeps its buffer for reuse.
+    async fn send_chunk(&mut self, chunk: Chunk) {
+        self.room = chunk.bytes.len().clamp(CHUNK_MIN, CHUNK_MAX);
+        let grpc = self.settings.protocol == OtlpProtocol::Grpc;
+        let parts = batches(&chunk, self.queue.batch());
+        let spans = Bytes::from(chunk.bytes);
+        for (range, n) in parts {
+            let body = self.frame.request(spans.slice(range), grpc);
+            self.send_counted(body, n).await;
         }
-        let n = self.batch.len() as u64;
-        let body = self
-            .batch
-            .take_request(self.settings.protocol == OtlpProtocol::Grpc);
+        // The client has let go of the body once the request was written (a request that
+        // failed midway may still hold it: then the buffer is simply freed).
+        if let Ok(mut back) = spans.try_into_mut()
+            && self.spares.len() < SPARES
+            && back.capacity() <= CHUNK_MAX * 2
+        {
+            back.clear();
+            self.spares.push(Vec::from(back));
+        }
+    }
+
+    /// Sends one request of `n` spans; counts them exported or dropped.
+    async fn send_counted(&mut self, body: Body, n: usize) {
+        let n = n as u64;
         let sent = tokio::time::timeout(self.settings.timeout, self.send(body)).await;
         let result = sent.unwrap_or_else(|_| Err("timed out".to_owned()));
         match result {
@@ -151,7 +182,7 @@ impl Exporter {
     }
 
     /// Posts one request body (already framed for gRPC).
-    async fn send(&self, body: Bytes) -> Result<(), String> {
+    async fn send(&self, body: Body) -> Result<(), String> {
         let req = match self.settings.protocol {
             OtlpProtocol::HttpProtobuf => Request::post(self.settings.endpoint.clone())
                 .header(header::CONTENT_TYPE, "application/x-protobuf")
@@ -187,5 +218,41 @@ impl Exporter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::otlp;
+    use super::*;
+
+    #[test]
+    fn a_chunk_behind_goes_out_in_batches() {
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let queue = SpanQueue::new(1, 5, 2, dropped.clone(), Vec::new);
+        for i in 0..7u8 {
+            queue.push(&[i; 3]);
+        }
+        assert_eq!(dropped.get(), 2, "a full chunk drops what comes after");
+        assert!(queue.has_batch());
+        let chunk = queue.take(0, Vec::new()).ok().unwrap();
+        assert_eq!(chunk.spans, 5);
+        assert!(queue.take(0, Vec::new()).is_err(), "taken: empty");
+        let parts = batches(&chunk, 2);
+        let counts: Vec<usize> = parts.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [2, 2, 1]);
+        // Each part is whole `spans` entries (tag, length 3, the bytes) in order.
+        let mut next = 0u8;
+        for (range, n) in parts {
+            let part = &chunk.bytes[range];
+            assert_eq!(part.len(), n * 5);
+            for entry in part.chunks(5) {
+                let mut expected = Vec::new();
+                otlp::push_span(&mut expected, &[next; 3]);
+                assert_eq!(entry, expected);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 5);
     }
 }

@@ -1,117 +1,100 @@
 //! OTLP `ExportTraceServiceRequest` protobuf encoding, by hand (opentelemetry-proto v1 field numbers).
 //!
 //! Only what the proxy's spans use: resource attributes, one scope, spans with attributes
-//! and status. Nested messages are written in place with their lengths computed up front (no
-//! buffer per message), and a [`Batch`] encodes each span as it arrives, so an export only
-//! wraps bytes that are ready. Tests decode the output with the official generated types.
+//! and status. A span's `Span` fields are written as it is recorded, into a buffer of its own
+//! (`span_start`, the `attr_*` writers, `span_end`), and then appended to a chunk of the span
+//! queue as one `ScopeSpans.spans` entry ([`push_span`]); an export writes the request's head
+//! and then the chunk's bytes, as they are ([`Frame::request`]). Tests decode the output with the official generated types.
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::{SpanData, SpanKind, Value};
+use super::SpanKind;
 
 const SCOPE_NAME: &str = "skiff-proxy";
 
-/// Spans encoded so far, and the fixed parts of the request around them.
-pub(crate) struct Batch {
+/// An attribute key, encoded: `KeyValue.key`'s tag and length, then the key (see [`key!`]).
+/// Its length is part of the type, so writing it is a few moves, not a `memcpy` call.
+pub(crate) type Key<const N: usize> = &'static [u8; N];
+
+/// `KeyValue.key` (field 1) of a key shorter than 128 bytes, at compile time.
+pub(crate) const fn key_bytes<const N: usize>(key: &str) -> [u8; N] {
+    let k = key.as_bytes();
+    assert!(k.len() + 2 == N && k.len() < 0x80, "a key is 1-127 bytes");
+    let mut out = [0u8; N];
+    out[0] = 1 << 3 | 2;
+    out[1] = k.len() as u8;
+    let mut i = 0;
+    while i < k.len() {
+        out[i + 2] = k[i];
+        i += 1;
+    }
+    out
+}
+
+/// The encoded [`Key`] of an attribute name, built at compile time.
+macro_rules! key {
+    ($key:expr) => {{
+        const KEY: [u8; $key.len() + 2] = $crate::trace::otlp::key_bytes($key);
+        &KEY
+    }};
+}
+pub(crate) use key;
+
+/// The fixed parts of every export request around the spans: the resource and the scope.
+pub(crate) struct Frame {
     /// `ResourceSpans.resource` (field 1), encoded once.
     resource: Vec<u8>,
     /// `ScopeSpans.scope` (field 1), encoded once.
     scope: Vec<u8>,
-    /// Room for the request's head (see [`Batch::prefix`]), then `ScopeSpans.spans` (field 2)
-    /// entries: the request is assembled in place, without copying the spans.
-    spans: Vec<u8>,
-    count: usize,
-    /// One span's bytes, before its length prefix is known.
-    scratch: Vec<u8>,
 }
 
 /// Most a gRPC frame header, two tags and two lengths take.
 const HEAD_ROOM: usize = 5 + 2 * (1 + 10);
 
-// === impl Batch ===
+/// An export request's body: the head, then the spans (one chunk, or part of one), written
+/// out together (vectored) without copying the spans.
+pub(crate) type Body = bytes::buf::Chain<bytes::Bytes, bytes::Bytes>;
 
-impl Batch {
-    /// A batch of spans from the resource described by `resource` (`service.name` and friends).
+// === impl Frame ===
+
+impl Frame {
+    /// The frame of spans from the resource described by `resource` (`service.name` and
+    /// friends).
     pub(crate) fn new(resource: &[(String, String)]) -> Self {
         let mut attrs = Vec::new();
         // Resource { repeated KeyValue attributes = 1; }
         for (k, v) in resource {
-            key_value(&mut attrs, 1, k, &Value::Str(v.clone().into()));
+            key_value_str(&mut attrs, 1, k.as_bytes(), v.as_bytes());
         }
-        key_value(
-            &mut attrs,
-            1,
-            "telemetry.sdk.name",
-            &Value::Str("skiff".into()),
-        );
-        key_value(
-            &mut attrs,
-            1,
-            "telemetry.sdk.language",
-            &Value::Str("rust".into()),
-        );
+        key_value_str(&mut attrs, 1, b"telemetry.sdk.name", b"skiff");
+        key_value_str(&mut attrs, 1, b"telemetry.sdk.language", b"rust");
         let mut res = Vec::with_capacity(attrs.len() + 8);
         bytes(&mut res, 1, &attrs);
         // InstrumentationScope { string name = 1; string version = 2; }
         let mut scope_fields = Vec::new();
-        string(&mut scope_fields, 1, SCOPE_NAME);
-        string(&mut scope_fields, 2, env!("CARGO_PKG_VERSION"));
+        bytes(&mut scope_fields, 1, SCOPE_NAME.as_bytes());
+        bytes(&mut scope_fields, 2, env!("CARGO_PKG_VERSION").as_bytes());
         let mut scope = Vec::with_capacity(scope_fields.len() + 4);
         bytes(&mut scope, 1, &scope_fields);
-        let mut batch = Batch {
+        Frame {
             resource: res,
             scope,
-            spans: Vec::new(),
-            count: 0,
-            scratch: Vec::with_capacity(512),
-        };
-        batch.spans = batch.fresh(0);
-        batch
+        }
     }
 
-    /// Bytes reserved before the spans.
-    fn prefix(&self) -> usize {
-        HEAD_ROOM + self.resource.len() + self.scope.len()
-    }
-
-    /// An empty span buffer with its head room (and room for `capacity` span bytes).
-    fn fresh(&self, capacity: usize) -> Vec<u8> {
-        let mut spans = Vec::with_capacity(self.prefix() + capacity);
-        spans.resize(self.prefix(), 0);
-        spans
-    }
-
-    /// Spans in the batch.
-    pub(crate) fn len(&self) -> usize {
-        self.count
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// Encodes `span` into the batch.
-    pub(crate) fn push(&mut self, span: &SpanData) {
-        self.scratch.clear();
-        encode_span(&mut self.scratch, span);
-        bytes(&mut self.spans, 2, &self.scratch);
-        self.count += 1;
-    }
-
-    /// The export request holding every span pushed so far, framed for gRPC (a 5-byte
-    /// length prefix) when `grpc`; the batch starts over, empty.
-    pub(crate) fn take_request(&mut self, grpc: bool) -> bytes::Bytes {
+    /// The export request holding `spans` (`ScopeSpans.spans` entries appended with
+    /// [`push_span`]), framed for gRPC (a 5-byte length prefix) when `grpc`.
+    pub(crate) fn request(&self, spans: bytes::Bytes, grpc: bool) -> Body {
+        use bytes::Buf as _;
         // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1; }
         // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2; }
         // ScopeSpans { InstrumentationScope scope = 1; repeated Span spans = 2; }
-        let prefix = self.prefix();
-        let spans_len = self.spans.len() - prefix;
-        let scope_spans_len = self.scope.len() + spans_len;
+        let scope_spans_len = self.scope.len() + spans.len();
         let resource_spans_len =
             self.resource.len() + field_len(2, scope_spans_len as u64) + scope_spans_len;
         let message_len = field_len(1, resource_spans_len as u64) + resource_spans_len;
-        let mut head = Vec::with_capacity(prefix);
+        let mut head = Vec::with_capacity(HEAD_ROOM + self.resource.len() + self.scope.len());
         if grpc {
             // Not compressed, then the big-endian length.
             head.push(0);
@@ -123,26 +106,35 @@ impl Batch {
         tag(&mut head, 2, 2);
         varint(&mut head, scope_spans_len as u64);
         head.extend_from_slice(&self.scope);
-        let start = prefix - head.len();
-        let next = self.fresh(spans_len);
-        let mut body = std::mem::replace(&mut self.spans, next);
-        body[start..prefix].copy_from_slice(&head);
-        self.count = 0;
-        bytes::Bytes::from(body).slice(start..)
+        bytes::Bytes::from(head).chain(spans)
     }
 }
 
-/// The request body of one export: `spans` under one resource described by `resource`.
+/// Appends one span (its `Span` fields, as written by `span_start` .. `span_end`) to a
+/// chunk, as a `ScopeSpans.spans` entry.
+#[inline]
+pub(crate) fn push_span(chunk: &mut Vec<u8>, span: &[u8]) {
+    bytes(chunk, 2, span);
+}
+
+/// The request body of one export: `spans` (each a span's fields) under one resource.
 #[cfg(test)]
-pub(crate) fn encode_request(resource: &[(String, String)], spans: &[SpanData]) -> Vec<u8> {
-    let mut batch = Batch::new(resource);
+pub(crate) fn encode_request(resource: &[(String, String)], spans: &[Vec<u8>]) -> Vec<u8> {
+    let mut chunk = Vec::new();
     for span in spans {
-        batch.push(span);
+        push_span(&mut chunk, span);
     }
-    batch.take_request(false).to_vec()
+    body_bytes(Frame::new(resource).request(chunk.into(), false))
 }
 
-fn kind_number(kind: SpanKind) -> u64 {
+/// A body's bytes, in one piece.
+#[cfg(test)]
+pub(crate) fn body_bytes(body: Body) -> Vec<u8> {
+    let (head, spans) = body.into_inner();
+    [head, spans].concat()
+}
+
+fn kind_number(kind: SpanKind) -> u8 {
     // SpanKind: SERVER = 2, CLIENT = 3.
     match kind {
         SpanKind::Server => 2,
@@ -153,79 +145,174 @@ fn kind_number(kind: SpanKind) -> u64 {
 /// Bytes of a `Status { StatusCode code = 3; }` with code ERROR (2).
 const ERROR_STATUS: [u8; 2] = [3 << 3, 2];
 
-fn encode_span(out: &mut Vec<u8>, span: &SpanData) {
+/// The identity of a span: `trace_id` (1), `span_id` (2), `trace_state` (3),
+/// `parent_span_id` (4), `name` (5) and `kind` (6).
+pub(crate) fn span_start(
+    out: &mut Vec<u8>,
+    trace_id: &[u8; 16],
+    span_id: &[u8; 8],
+    parent: Option<&[u8; 8]>,
+    trace_state: Option<&[u8]>,
+    name: &[u8],
+    kind: SpanKind,
+) {
     // The fixed-size fields are laid out on the stack and copied once: tags and lengths of
     // one byte each, known here.
-    let mut ids = [0u8; 2 + 16 + 2 + 8];
+    let mut ids = [0u8; 2 + 16 + 2 + 8 + 2 + 8];
     ids[0] = 1 << 3 | 2;
     ids[1] = 16;
-    ids[2..18].copy_from_slice(&span.trace_id);
+    ids[2..18].copy_from_slice(trace_id);
     ids[18] = 2 << 3 | 2;
     ids[19] = 8;
-    ids[20..].copy_from_slice(&span.span_id);
-    out.extend_from_slice(&ids);
-    if let Some(ts) = span.trace_state.as_deref().filter(|t| !t.is_empty()) {
-        string(out, 3, ts);
+    ids[20..28].copy_from_slice(span_id);
+    let n = match parent {
+        Some(parent) => {
+            ids[28] = 4 << 3 | 2;
+            ids[29] = 8;
+            ids[30..].copy_from_slice(parent);
+            ids.len()
+        }
+        None => 28,
+    };
+    out.extend_from_slice(&ids[..n]);
+    if let Some(ts) = trace_state.filter(|t| !t.is_empty()) {
+        bytes(out, 3, ts);
     }
-    if let Some(parent) = &span.parent_span_id {
-        let mut field = [4 << 3 | 2, 8, 0, 0, 0, 0, 0, 0, 0, 0];
-        field[2..].copy_from_slice(parent);
-        out.extend_from_slice(&field);
+    bytes(out, 5, name);
+    out.extend_from_slice(&[6 << 3, kind_number(kind)]);
+}
+
+/// The end of a span: `start_time_unix_nano` (7), `end_time_unix_nano` (8), an error
+/// `status` (15) and `flags` (16, the sampled bit: only sampled spans export).
+pub(crate) fn span_end(out: &mut Vec<u8>, start_unix_nanos: u64, end_unix_nanos: u64, error: bool) {
+    let mut tail = [0u8; 9 + 9 + 4 + 6];
+    tail[0] = 7 << 3 | 1;
+    tail[1..9].copy_from_slice(&start_unix_nanos.to_le_bytes());
+    tail[9] = 8 << 3 | 1;
+    tail[10..18].copy_from_slice(&end_unix_nanos.max(start_unix_nanos).to_le_bytes());
+    let mut n = 18;
+    if error {
+        tail[n] = 15 << 3 | 2;
+        tail[n + 1] = ERROR_STATUS.len() as u8;
+        tail[n + 2..n + 4].copy_from_slice(&ERROR_STATUS);
+        n += 4;
     }
-    string(out, 5, &span.name);
-    // kind (varint), start and end (fixed64)
-    let mut times = [0u8; 2 + 9 + 9];
-    times[0] = 6 << 3;
-    times[1] = kind_number(span.kind) as u8;
-    times[2] = 7 << 3 | 1;
-    times[3..11].copy_from_slice(&span.start_unix_nanos.to_le_bytes());
-    times[11] = 8 << 3 | 1;
-    let end = span.end_unix_nanos.max(span.start_unix_nanos);
-    times[12..].copy_from_slice(&end.to_le_bytes());
-    out.extend_from_slice(&times);
-    for (k, v) in &span.attributes {
-        key_value(out, 9, k, v);
+    // field 16, wire type 5: a two-byte tag.
+    tail[n] = 0x85;
+    tail[n + 1] = 0x01;
+    tail[n + 2..n + 6].copy_from_slice(&1u32.to_le_bytes());
+    n += 6;
+    out.extend_from_slice(&tail[..n]);
+}
+
+/// `attributes` (field 9): `KeyValue { key = 1; AnyValue value = 2; }` with
+/// `AnyValue { string string_value = 1; }`.
+#[inline]
+pub(crate) fn attr_str<const N: usize>(out: &mut Vec<u8>, key: Key<N>, value: &[u8]) {
+    let any = 2 + value.len();
+    let kv = key.len() + 2 + any;
+    if kv >= 0x80 {
+        return attr_str_long(out, key, value);
     }
-    if span.error {
-        bytes(out, 15, &ERROR_STATUS);
+    // The usual attribute: every tag and length is one byte.
+    out.reserve(kv + 2);
+    out.extend_from_slice(&[9 << 3 | 2, kv as u8]);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&[2 << 3 | 2, any as u8, 1 << 3 | 2, value.len() as u8]);
+    out.extend_from_slice(value);
+}
+
+/// [`attr_str`] with lengths of more than one byte.
+#[cold]
+#[inline(never)]
+fn attr_str_long(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let any = field_len(1, value.len() as u64) + value.len();
+    let kv = key.len() + field_len(2, any as u64) + any;
+    tag(out, 9, 2);
+    varint(out, kv as u64);
+    out.extend_from_slice(key);
+    tag(out, 2, 2);
+    varint(out, any as u64);
+    bytes(out, 1, value);
+}
+
+/// An integer attribute: `AnyValue { int64 int_value = 3; }`.
+#[inline]
+pub(crate) fn attr_int<const N: usize>(out: &mut Vec<u8>, key: Key<N>, value: i64) {
+    let any = 1 + varint_len(value as u64);
+    let kv = key.len() + 2 + any;
+    out.reserve(kv + 2);
+    if kv < 0x80 && (0..1 << 14).contains(&value) {
+        // The usual one: a status, a port, an attempt (a varint of at most two bytes).
+        out.extend_from_slice(&[9 << 3 | 2, kv as u8]);
+        out.extend_from_slice(key);
+        let v = value as u64;
+        let field = [
+            2 << 3 | 2,
+            any as u8,
+            3 << 3,
+            (v as u8) | 0x80,
+            (v >> 7) as u8,
+        ];
+        if v < 0x80 {
+            out.extend_from_slice(&[field[0], field[1], field[2], v as u8]);
+        } else {
+            out.extend_from_slice(&field);
+        }
+        return;
     }
-    // flags: the sampled bit of the span's trace flags (always set: only sampled spans export).
-    fixed32(out, 16, 0x01);
+    tag(out, 9, 2);
+    varint(out, kv as u64);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&[2 << 3 | 2, any as u8, 3 << 3]);
+    varint(out, value as u64);
+}
+
+/// An address attribute, as text.
+pub(crate) fn attr_ip<const N: usize>(out: &mut Vec<u8>, key: Key<N>, ip: IpAddr) {
+    let mut buf = [0; TEXT_MAX];
+    let n = render_ip(ip, &mut buf, 0);
+    attr_str(out, key, &buf[..n]);
+}
+
+/// An address as a host attribute (`ip_key`: the IP, no brackets) and a socket address one
+/// (`addr_key`: `ip:port`, `[v6]:port`), rendered once.
+pub(crate) fn attr_ip_and_addr<const I: usize, const A: usize>(
+    out: &mut Vec<u8>,
+    ip_key: Key<I>,
+    addr_key: Key<A>,
+    addr: SocketAddr,
+) {
+    let mut buf = [0; TEXT_MAX];
+    let text = render_addr(addr, &mut buf);
+    let colon = text.iter().rposition(|&c| c == b':').unwrap_or(text.len());
+    let ip = match addr {
+        SocketAddr::V4(_) => &text[..colon],
+        SocketAddr::V6(_) => &text[1..colon.saturating_sub(1).max(1)],
+    };
+    attr_str(out, ip_key, ip);
+    attr_str(out, addr_key, text);
+}
+
+/// `addr` as `ip:port` or `[v6]:port`, in `buf`.
+fn render_addr(addr: SocketAddr, buf: &mut [u8; TEXT_MAX]) -> &[u8] {
+    let mut n = match addr.ip() {
+        IpAddr::V4(ip) => render_ip(IpAddr::V4(ip), buf, 0),
+        IpAddr::V6(ip) => {
+            buf[0] = b'[';
+            let n = render_ip(IpAddr::V6(ip), buf, 1);
+            buf[n] = b']';
+            n + 1
+        }
+    };
+    buf[n] = b':';
+    n += 1;
+    n = render_u64(u64::from(addr.port()), buf, n);
+    &buf[..n]
 }
 
 /// Longest address rendered as text (`[v6]:port`).
 const TEXT_MAX: usize = 64;
-
-/// An attribute value as it is written: bytes of a string, or an integer.
-enum Scalar<'a> {
-    Str(&'a [u8]),
-    Int(u64),
-}
-
-/// `value` as a string or integer; addresses are rendered into `buf`.
-fn text<'a>(value: &'a Value, buf: &'a mut [u8; TEXT_MAX]) -> Scalar<'a> {
-    let n = match value {
-        Value::Str(s) => return Scalar::Str(s.as_bytes()),
-        Value::Shared(s) => return Scalar::Str(s.as_bytes()),
-        Value::Int(i) => return Scalar::Int(*i as u64),
-        Value::Ip(ip) => render_ip(*ip, buf, 0),
-        Value::Addr(addr) => {
-            let mut n = match addr.ip() {
-                IpAddr::V4(ip) => render_ip(IpAddr::V4(ip), buf, 0),
-                IpAddr::V6(ip) => {
-                    buf[0] = b'[';
-                    let n = render_ip(IpAddr::V6(ip), buf, 1);
-                    buf[n] = b']';
-                    n + 1
-                }
-            };
-            buf[n] = b':';
-            n += 1;
-            render_u64(u64::from(addr.port()), buf, n)
-        }
-    };
-    Scalar::Str(&buf[..n])
-}
 
 /// Writes `ip` at `buf[at..]`; the end offset. IPv4 by hand (the common case, and cheap).
 fn render_ip(ip: IpAddr, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
@@ -265,63 +352,16 @@ fn render_u64(v: u64, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
     at + digits.len()
 }
 
-/// KeyValue { string key = 1; AnyValue value = 2; } with
-/// AnyValue { string string_value = 1; int64 int_value = 3; }.
-fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    let mut buf = [0; TEXT_MAX];
-    let scalar = text(value, &mut buf);
-    let any = any_len(&scalar);
-    let kv = key_value_len(key, any);
-    if field < 16 && kv < 0x80 {
-        // The usual attribute: every tag and length is one byte, and the whole field fits
-        // in 129 bytes, laid out on the stack and copied once.
-        let mut field_bytes = [0u8; 2 + 0x7f];
-        field_bytes[0] = (field << 3 | 2) as u8;
-        field_bytes[1] = kv as u8;
-        field_bytes[2] = 1 << 3 | 2;
-        field_bytes[3] = key.len() as u8;
-        let mut n = 4 + key.len();
-        field_bytes[4..n].copy_from_slice(key.as_bytes());
-        field_bytes[n] = 2 << 3 | 2;
-        field_bytes[n + 1] = any as u8;
-        n += 2;
-        match scalar {
-            Scalar::Str(s) => {
-                field_bytes[n] = 1 << 3 | 2;
-                field_bytes[n + 1] = s.len() as u8;
-                n += 2;
-                field_bytes[n..n + s.len()].copy_from_slice(s);
-                n += s.len();
-            }
-            Scalar::Int(i) => {
-                field_bytes[n] = 3 << 3;
-                n = put_varint(&mut field_bytes, n + 1, i);
-            }
-        }
-        out.extend_from_slice(&field_bytes[..n]);
-        return;
-    }
+/// A string `KeyValue` in field `field`, of any key (the resource's).
+fn key_value_str(out: &mut Vec<u8>, field: u32, key: &[u8], value: &[u8]) {
+    let any = field_len(1, value.len() as u64) + value.len();
+    let kv = field_len(1, key.len() as u64) + key.len() + field_len(2, any as u64) + any;
     tag(out, field, 2);
     varint(out, kv as u64);
-    string(out, 1, key);
+    bytes(out, 1, key);
     tag(out, 2, 2);
     varint(out, any as u64);
-    match scalar {
-        Scalar::Str(s) => bytes(out, 1, s),
-        Scalar::Int(i) => varint_field(out, 3, i),
-    }
-}
-
-fn any_len(scalar: &Scalar<'_>) -> usize {
-    match scalar {
-        Scalar::Str(s) => field_len(1, s.len() as u64) + s.len(),
-        Scalar::Int(i) => 1 + varint_len(*i),
-    }
-}
-
-/// A KeyValue's length, its AnyValue being `any` bytes long.
-fn key_value_len(key: &str, any: usize) -> usize {
-    field_len(1, key.len() as u64) + key.len() + field_len(2, any as u64) + any
+    bytes(out, 1, value);
 }
 
 /// Tag and length prefix of a length-delimited field `field` holding `len` bytes.
@@ -333,18 +373,28 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+#[inline(always)]
 fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire_type));
 }
 
+#[inline(always)]
 fn varint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
+    } else if v < 0x4000 {
+        // A span's length.
+        out.extend_from_slice(&[(v as u8) | 0x80, (v >> 7) as u8]);
     } else {
-        let mut buf = [0; 10];
-        let n = put_varint(&mut buf, 0, v);
-        out.extend_from_slice(&buf[..n]);
+        varint_long(out, v);
     }
+}
+
+#[inline(never)]
+fn varint_long(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0; 10];
+    let n = put_varint(&mut buf, 0, v);
+    out.extend_from_slice(&buf[..n]);
 }
 
 /// Writes `v` as a varint at `buf[at..]` (room for it is the caller's); the end offset.
@@ -358,30 +408,15 @@ fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
     at + 1
 }
 
-fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
-    tag(out, field, 0);
-    varint(out, v);
-}
-
-fn fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
-    tag(out, field, 5);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
+#[inline]
 fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     tag(out, field, 2);
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
-fn string(out: &mut Vec<u8>, field: u32, s: &str) {
-    bytes(out, field, s.as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
 
     #[test]
@@ -396,24 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn addresses_render_as_text() {
-        let mut buf = [0; TEXT_MAX];
-        let v6: SocketAddr = "[fd00::1]:8080".parse().unwrap();
-        match text(&Value::Addr(v6), &mut buf) {
-            Scalar::Str(s) => assert_eq!(s, b"[fd00::1]:8080"),
-            Scalar::Int(_) => panic!("an address is a string"),
-        }
-        for ip in ["10.1.2.3", "0.0.0.0", "255.255.255.255", "fe80::1:2"] {
-            let parsed: IpAddr = ip.parse().unwrap();
-            match text(&Value::Ip(parsed), &mut buf) {
-                Scalar::Str(s) => assert_eq!(s, ip.as_bytes()),
-                Scalar::Int(_) => panic!("an address is a string"),
-            }
-        }
-        let v4: SocketAddr = "127.0.0.1:65535".parse().unwrap();
-        match text(&Value::Addr(v4), &mut buf) {
-            Scalar::Str(s) => assert_eq!(s, b"127.0.0.1:65535"),
-            Scalar::Int(_) => panic!("an address is a string"),
-        }
+    fn keys_are_encoded_at_compile_time() {
+        assert_eq!(key!("url.path"), b"\x0a\x08url.path");
+        const LONGEST: &str = concat!(
+            "0123456789012345678901234567890123456789012345678901234567890123",
+            "012345678901234567890123456789012345678901234567890123456789012"
+        );
+        assert_eq!(key!(LONGEST).len(), 129);
     }
 }

@@ -7,6 +7,7 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message as _;
 
 use super::*;
+use queue::SpanQueue;
 
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -304,137 +305,261 @@ fn settings_follow_otel_variables_over_skiff_settings() {
     }
 }
 
+/// A tracer recording every span into a one-worker queue the test reads (no exporter).
+fn recording_tracer() -> (Tracer, Arc<SpanQueue>) {
+    let dropped = IntCounter::new("dropped", "dropped").unwrap();
+    let queue = Arc::new(SpanQueue::new(1, 64, 16, dropped, Vec::new));
+    let tracer = Tracer {
+        sampler: Sampler::default(),
+        export: Some(Arc::new(ExportHandle {
+            queue: queue.clone(),
+            flush: mpsc::channel(1).0,
+        })),
+    };
+    (tracer, queue)
+}
+
+fn decode(frame: &otlp::Frame, queue: &SpanQueue) -> ExportTraceServiceRequest {
+    let chunk = queue.take(0, Vec::new()).ok().unwrap();
+    let body = otlp::body_bytes(frame.request(chunk.bytes.into(), false));
+    ExportTraceServiceRequest::decode(body.as_slice()).unwrap()
+}
+
+fn attrs_of(
+    attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> HashMap<String, any_value::Value> {
+    let map: HashMap<_, _> = attrs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap().value.unwrap()))
+        .collect();
+    assert_eq!(map.len(), attrs.len(), "no key twice: {attrs:?}");
+    map
+}
+
 #[test]
-fn otlp_encoding_decodes_with_the_official_types() {
-    let span = SpanData {
-        trace_id: [0xab; 16],
-        span_id: [0xcd; 8],
-        parent_span_id: Some([0xef; 8]),
-        trace_state: Some("vendor=x".into()),
-        name: "GET".into(),
-        kind: SpanKind::Client,
-        start_unix_nanos: 1_700_000_000_000_000_000,
-        end_unix_nanos: 1_700_000_000_500_000_000,
-        attributes: vec![
-            ("http.request.method", Value::Str("GET".into())),
-            ("skiff.attempt", Value::Int(2)),
-            ("http.response.status_code", Value::Int(503)),
-        ],
-        error: true,
-    };
-    let root = SpanData {
-        parent_span_id: None,
-        trace_state: None,
-        kind: SpanKind::Server,
-        error: false,
-        attributes: vec![],
-        ..span.clone()
-    };
+fn recorded_spans_decode_with_the_official_types() {
     let resource = [("service.name".to_owned(), "orders".to_owned())];
-    let bytes = otlp::encode_request(&resource, &[span, root]);
-    let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+    let frame = otlp::Frame::new(&resource);
+    let (tracer, queue) = recording_tracer();
+    let mut h = headers(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+        ("tracestate", "vendor=x"),
+        ("user-agent", "curl/8"),
+    ]);
+    h.append("user-agent", HeaderValue::from_static("second"));
+    let server = tracer.server_span(&request(&h));
+    assert!(server.is_recording());
+    let target: Arc<str> = "orders".into();
+    let endpoint: SocketAddr = "10.0.100.9:8080".parse().unwrap();
+    let (client, _) = tracer.client_span(
+        &server,
+        &Method::GET,
+        &AttemptInfo {
+            endpoint,
+            target: &target,
+            number: 2,
+            start: Instant::now(),
+        },
+    );
+    let server_span_id = server.ctx.span_id;
+    tracer.end_client(client, Ok(503), Instant::now());
+    tracer.end_server(server, 503, None, Some(&target));
+
+    let req = decode(&frame, &queue);
     assert_eq!(req.resource_spans.len(), 1);
     let rs = &req.resource_spans[0];
-    let resource = rs.resource.as_ref().unwrap();
-    let service = resource
-        .attributes
-        .iter()
-        .find(|kv| kv.key == "service.name")
-        .unwrap();
+    let resource = attrs_of(&rs.resource.as_ref().unwrap().attributes);
     assert_eq!(
-        service.value.as_ref().unwrap().value,
-        Some(any_value::Value::StringValue("orders".into()))
+        resource["service.name"],
+        any_value::Value::StringValue("orders".into())
     );
-    let spans = &rs.scope_spans[0].spans;
     assert_eq!(
         rs.scope_spans[0].scope.as_ref().unwrap().name,
         "skiff-proxy"
     );
+    let spans = &rs.scope_spans[0].spans;
     assert_eq!(spans.len(), 2);
-    let s = &spans[0];
-    assert_eq!(s.trace_id, vec![0xab; 16]);
-    assert_eq!(s.span_id, vec![0xcd; 8]);
-    assert_eq!(s.parent_span_id, vec![0xef; 8]);
+    let (c, s) = (&spans[0], &spans[1]);
+    let text = |v: &str| any_value::Value::StringValue(v.to_owned());
+    let int = any_value::Value::IntValue;
+
+    assert_eq!(hex(&s.trace_id), TRACE);
+    assert_eq!(hex(&s.parent_span_id), SPAN);
+    assert_eq!(s.span_id, server_span_id.to_vec());
     assert_eq!(s.trace_state, "vendor=x");
-    assert_eq!(s.name, "GET");
-    assert_eq!(s.kind, 3);
-    assert_eq!(s.start_time_unix_nano, 1_700_000_000_000_000_000);
-    assert_eq!(s.end_time_unix_nano, 1_700_000_000_500_000_000);
+    assert_eq!((s.name.as_str(), s.kind), ("GET", 2));
     assert_eq!(s.flags, 1);
-    assert_eq!(s.status.as_ref().unwrap().code, 2);
-    let attempt = s
-        .attributes
-        .iter()
-        .find(|kv| kv.key == "skiff.attempt")
-        .unwrap();
+    assert!(s.start_time_unix_nano > 1_700_000_000_000_000_000);
+    assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
     assert_eq!(
-        attempt.value.as_ref().unwrap().value,
-        Some(any_value::Value::IntValue(2))
+        s.status.as_ref().unwrap().code,
+        2,
+        "a 5xx server span fails"
     );
-    assert_eq!(s.attributes.len(), 3);
-    assert_eq!(spans[1].kind, 2);
-    assert!(spans[1].parent_span_id.is_empty());
-    assert!(spans[1].status.is_none());
+    let a = attrs_of(&s.attributes);
+    let expected = [
+        ("http.request.method", text("GET")),
+        ("url.path", text("/orders")),
+        ("url.scheme", text("http")),
+        ("url.query", text("id=7")),
+        ("server.address", text("orders")),
+        ("server.port", int(8080)),
+        ("network.peer.address", text("127.0.0.1")),
+        ("network.peer.port", int(5555)),
+        ("network.protocol.version", text("1.1")),
+        ("user_agent.original", text("curl/8")),
+        ("skiff.listener", text("outbound")),
+        ("skiff.target", text("orders")),
+        ("http.response.status_code", int(503)),
+        ("error.type", text("503")),
+    ];
+    assert_eq!(a, expected.map(|(k, v)| (k.to_owned(), v)).into());
+
+    assert_eq!(hex(&c.trace_id), TRACE);
+    assert_eq!(c.parent_span_id, server_span_id.to_vec());
+    assert_eq!(c.trace_state, "vendor=x");
+    assert_eq!((c.name.as_str(), c.kind), ("GET", 3));
+    assert!(c.start_time_unix_nano >= s.start_time_unix_nano);
+    assert!(c.end_time_unix_nano >= c.start_time_unix_nano);
+    assert!(c.end_time_unix_nano <= s.end_time_unix_nano);
+    assert_eq!(c.status.as_ref().unwrap().code, 2);
+    let a = attrs_of(&c.attributes);
+    let expected = [
+        ("http.request.method", text("GET")),
+        ("server.address", text("10.0.100.9")),
+        ("server.port", int(8080)),
+        ("skiff.target", text("orders")),
+        ("skiff.endpoint", text("10.0.100.9:8080")),
+        ("skiff.attempt", int(2)),
+        ("http.response.status_code", int(503)),
+        ("error.type", text("503")),
+    ];
+    assert_eq!(a, expected.map(|(k, v)| (k.to_owned(), v)).into());
+}
+
+#[test]
+fn outcomes_set_status_and_error_type_as_the_conventions_say() {
+    let frame = otlp::Frame::new(&[]);
+    let (tracer, queue) = recording_tracer();
+    let h = HeaderMap::new();
+    let mut info = request(&h);
+    let odd = Method::from_bytes(b"PURGE").unwrap();
+    info.method = &odd;
+    let server = tracer.server_span(&info);
+    let target: Arc<str> = "orders".into();
+    let attempt = AttemptInfo {
+        endpoint: "[fd00::1]:8080".parse().unwrap(),
+        target: &target,
+        number: 1,
+        start: Instant::now(),
+    };
+    let (refused, _) = tracer.client_span(&server, &odd, &attempt);
+    tracer.end_client(refused, Err("connect"), Instant::now());
+    let (not_found, _) = tracer.client_span(&server, &odd, &attempt);
+    tracer.end_client(not_found, Ok(404), Instant::now());
+    let (fine, _) = tracer.client_span(&server, &odd, &attempt);
+    tracer.end_client(fine, Ok(200), Instant::now());
+    tracer.end_server(server, 404, Some("no_service"), None);
+    // An abandoned span (its request dropped) is not exported.
+    drop(tracer.server_span(&request(&h)));
+
+    let req = decode(&frame, &queue);
+    let spans = &req.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), 4);
+    let text = |v: &str| any_value::Value::StringValue(v.to_owned());
+    let error_type = |i: usize| attrs_of(&spans[i].attributes).get("error.type").cloned();
+    let failed = |i: usize| spans[i].status.as_ref().is_some_and(|s| s.code == 2);
+    assert_eq!(error_type(0), Some(text("connect")));
+    assert!(failed(0));
+    assert!(!attrs_of(&spans[0].attributes).contains_key("http.response.status_code"));
+    assert_eq!(error_type(1), Some(text("404")), "4xx fails a client span");
+    assert!(failed(1));
+    assert_eq!(error_type(2), None);
+    assert!(!failed(2));
+    assert_eq!(
+        error_type(3),
+        Some(text("no_service")),
+        "the proxy's own error"
+    );
+    assert!(!failed(3), "4xx does not fail a server span");
+    for s in spans {
+        let a = attrs_of(&s.attributes);
+        assert_eq!(a["http.request.method"], text("_OTHER"));
+        assert_eq!(a["http.request.method_original"], text("PURGE"));
+        assert_eq!(s.name, "PURGE");
+    }
+    assert_eq!(
+        attrs_of(&spans[0].attributes)["skiff.endpoint"],
+        text("[fd00::1]:8080")
+    );
+    assert!(queue.take(0, Vec::new()).is_err(), "nothing more");
 }
 
 #[test]
 fn every_kind_of_attribute_value_decodes_as_written() {
     let long = "p".repeat(300);
     let text = |s: &str| any_value::Value::StringValue(s.to_owned());
-    let mut cases: Vec<(Value, any_value::Value)> = vec![
-        (Value::Str("".into()), text("")),
-        (Value::Str("GET".into()), text("GET")),
-        // Past one-byte lengths: the field is written piece by piece.
-        (Value::Str(long.clone().into()), text(&long)),
-        (Value::Shared(long[..100].into()), text(&long[..100])),
-    ];
-    for i in [0, 300, -1, i64::MAX] {
-        cases.push((Value::Int(i), any_value::Value::IntValue(i)));
+    let mut span = Vec::new();
+    otlp::span_start(
+        &mut span,
+        &[1; 16],
+        &[2; 8],
+        Some(&[3; 8]),
+        Some(long.as_bytes()),
+        long.as_bytes(),
+        SpanKind::Server,
+    );
+    let mut expected = Vec::new();
+    // Past one-byte lengths too.
+    for s in ["", "GET", &long, &long[..100]] {
+        otlp::attr_str(&mut span, key!("k"), s.as_bytes());
+        expected.push(("k", text(s)));
+    }
+    for i in [0, 300, -1, i64::MAX, i64::MIN] {
+        otlp::attr_int(&mut span, key!("k"), i);
+        expected.push(("k", any_value::Value::IntValue(i)));
     }
     for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "fe80::1:2"] {
-        cases.push((Value::Ip(ip.parse().unwrap()), text(ip)));
+        otlp::attr_ip(&mut span, key!("k"), ip.parse().unwrap());
+        expected.push(("k", text(ip)));
     }
-    for addr in ["127.0.0.1:65535", "[fd00::1]:8080"] {
-        cases.push((Value::Addr(addr.parse().unwrap()), text(addr)));
+    for (addr, ip) in [
+        ("127.0.0.1:65535", "127.0.0.1"),
+        ("[fd00::1]:8080", "fd00::1"),
+        ("1.2.3.4:0", "1.2.3.4"),
+    ] {
+        otlp::attr_ip_and_addr(&mut span, key!("ip"), key!("k"), addr.parse().unwrap());
+        expected.push(("ip", text(ip)));
+        expected.push(("k", text(addr)));
     }
-    let span = SpanData {
-        trace_id: [1; 16],
-        span_id: [2; 8],
-        parent_span_id: Some([3; 8]),
-        trace_state: Some(long.clone()),
-        name: long.clone().into(),
-        kind: SpanKind::Server,
-        start_unix_nanos: 5,
-        end_unix_nanos: 7,
-        // A key long enough to take the piece-by-piece path with a short value too.
-        attributes: cases
-            .iter()
-            .map(|(v, _)| ("k", v.clone()))
-            .chain([(LONG_KEY, Value::Int(1))])
-            .collect(),
-        error: false,
-    };
+    // A key long enough that its KeyValue needs more than one byte of length.
+    otlp::attr_int(&mut span, key!(LONG_KEY), 1);
+    expected.push((LONG_KEY, any_value::Value::IntValue(1)));
+    otlp::attr_str(&mut span, key!(LONG_KEY), b"v");
+    expected.push((LONG_KEY, text("v")));
+    otlp::span_end(&mut span, 7, 5, false);
     let bytes = otlp::encode_request(&[], &[span]);
     let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
     let s = &req.resource_spans[0].scope_spans[0].spans[0];
     assert_eq!(s.name, long);
     assert_eq!(s.trace_state, long);
     assert_eq!(s.parent_span_id, vec![3; 8]);
-    assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (5, 7));
+    assert_eq!(
+        (s.start_time_unix_nano, s.end_time_unix_nano),
+        (7, 7),
+        "an end before the start is the start"
+    );
+    assert!(s.status.is_none());
+    assert_eq!(s.flags, 1);
     let decoded: Vec<_> = s
         .attributes
         .iter()
         .map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap()))
         .collect();
-    let expected: Vec<_> = cases
-        .into_iter()
-        .map(|(_, v)| ("k", v))
-        .chain([(LONG_KEY, any_value::Value::IntValue(1))])
-        .collect();
     assert_eq!(decoded, expected);
 }
 
-const LONG_KEY: &str = "skiff.a.key.long.enough.that.its.key.value.needs.more.than.one.byte.of.length.prefix.for.sure.yes";
+const LONG_KEY: &str = "skiff.a.key.long.enough.that.its.key.value.needs.more.than.one.byte.of.length.prefix.for.sure.yes.it.does.indeed";
 
 #[test]
 fn stack_encoded_context_matches_the_formats() {
