@@ -17,6 +17,8 @@ use crate::pool::Pool;
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) authority: Authority,
+    /// Its attributes in an attempt's span, encoded once (`trace::endpoint_attributes`).
+    pub(crate) trace_attributes: Box<[u8]>,
     /// Upstream connections to this address.
     pub(crate) pool: Pool,
     state: Mutex<State>,
@@ -82,6 +84,7 @@ impl Endpoint {
         Endpoint {
             addr,
             authority,
+            trace_attributes: crate::trace::endpoint_attributes(addr),
             pool: Pool::default(),
             state: Mutex::new(State {
                 ewma: PeakEwma::new(initial_rtt, now),

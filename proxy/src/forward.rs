@@ -191,7 +191,7 @@ impl Forwarder {
                     span,
                     &parts.method,
                     &AttemptInfo {
-                        endpoint: ep.addr,
+                        endpoint: &ep.trace_attributes,
                         target: &target.discovery_name,
                         number: attempts,
                         start: now,
@@ -868,7 +868,7 @@ mod tests {
             &server,
             &parts.method,
             &AttemptInfo {
-                endpoint: "127.0.0.1:1".parse().unwrap(),
+                endpoint: &crate::trace::endpoint_attributes("127.0.0.1:1".parse().unwrap()),
                 target: &"orders".into(),
                 number: 1,
                 start: Instant::now(),

@@ -540,7 +540,6 @@ impl Tracer {
             );
             method_attributes(out, req.method);
             otlp::attr_str(out, key!("url.path"), req.path.as_bytes());
-            otlp::attr_str(out, key!("url.scheme"), b"http");
             if let Some(q) = req.query {
                 otlp::attr_str(out, key!("url.query"), q.as_bytes());
             }
@@ -551,19 +550,13 @@ impl Tracer {
                     otlp::attr_int(out, key!("server.port"), i64::from(port));
                 }
             }
+            listener_attributes(out, req.listener, req.version, req.peer.map(|p| p.ip()));
             if let Some(peer) = req.peer {
-                otlp::attr_ip(out, key!("network.peer.address"), peer.ip());
                 otlp::attr_int(out, key!("network.peer.port"), i64::from(peer.port()));
             }
-            otlp::attr_str(
-                out,
-                key!("network.protocol.version"),
-                protocol_version(req.version).as_bytes(),
-            );
             if let Some(ua) = text(req.headers.get(http::header::USER_AGENT)) {
                 otlp::attr_str(out, key!("user_agent.original"), ua);
             }
-            otlp::attr_str(out, key!("skiff.listener"), req.listener.as_bytes());
             rec
         });
         ServerSpan {
@@ -618,15 +611,7 @@ impl Tracer {
                 SpanKind::Client,
             );
             method_attributes(out, method);
-            // `network.peer.*` only when it differs from `server.*` (semantic conventions):
-            // here it never does.
-            otlp::attr_ip_and_addr(
-                out,
-                key!("server.address"),
-                key!("skiff.endpoint"),
-                endpoint,
-            );
-            otlp::attr_int(out, key!("server.port"), i64::from(endpoint.port()));
+            out.extend_from_slice(endpoint);
             otlp::attr_str(out, key!("skiff.target"), target.as_bytes());
             otlp::attr_int(out, key!("skiff.attempt"), i64::from(attempt));
             rec
@@ -751,6 +736,49 @@ fn status_error_type(out: &mut Vec<u8>, status: u16) -> bool {
     true
 }
 
+/// `url.scheme`, `skiff.listener`, `network.protocol.version` and `network.peer.address`:
+/// the same for every request of a connection, so each thread keeps the last ones encoded.
+fn listener_attributes(
+    out: &mut Vec<u8>,
+    listener: &'static str,
+    version: Version,
+    peer: Option<std::net::IpAddr>,
+) {
+    type Key = ((usize, usize), Version, Option<std::net::IpAddr>);
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Key, Vec<u8>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let key = ((listener.as_ptr() as usize, listener.len()), version, peer);
+    let encode = |bytes: &mut Vec<u8>| {
+        otlp::attr_str(bytes, key!("url.scheme"), b"http");
+        otlp::attr_str(bytes, key!("skiff.listener"), listener.as_bytes());
+        otlp::attr_str(
+            bytes,
+            key!("network.protocol.version"),
+            protocol_version(version).as_bytes(),
+        );
+        if let Some(ip) = peer {
+            otlp::attr_ip(bytes, key!("network.peer.address"), ip);
+        }
+    };
+    let cached = LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &mut *last {
+            Some((k, bytes)) if *k == key => out.extend_from_slice(bytes),
+            _ => {
+                let mut bytes = Vec::with_capacity(128);
+                encode(&mut bytes);
+                out.extend_from_slice(&bytes);
+                *last = Some((key, bytes));
+            }
+        }
+    });
+    if cached.is_err() {
+        encode(out);
+    }
+}
+
 /// `http.request.method`: a standard method's name, or `_OTHER` and the original.
 fn method_attributes(out: &mut Vec<u8>, method: &Method) {
     let known = matches!(
@@ -787,10 +815,27 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
+/// The attributes of an attempt's span that name its endpoint — `server.address`,
+/// `server.port` and `skiff.endpoint` — encoded once per endpoint, not per attempt.
+pub(crate) fn endpoint_attributes(addr: SocketAddr) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(128);
+    // `network.peer.*` only when it differs from `server.*` (semantic conventions): here it
+    // never does.
+    otlp::attr_ip_and_addr(
+        &mut out,
+        key!("server.address"),
+        key!("skiff.endpoint"),
+        addr,
+    );
+    otlp::attr_int(&mut out, key!("server.port"), i64::from(addr.port()));
+    out.into_boxed_slice()
+}
+
 /// One attempt upstream, as its client span records it.
 #[derive(Clone, Copy)]
 pub(crate) struct AttemptInfo<'a> {
-    pub(crate) endpoint: SocketAddr,
+    /// The endpoint, as [`endpoint_attributes`].
+    pub(crate) endpoint: &'a [u8],
     pub(crate) target: &'a Arc<str>,
     /// 1 for the first try.
     pub(crate) number: u32,

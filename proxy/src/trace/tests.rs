@@ -50,7 +50,7 @@ fn w3c_context_is_continued_with_child_spans() {
         &server,
         &Method::GET,
         &AttemptInfo {
-            endpoint: addr,
+            endpoint: &endpoint_attributes(addr),
             target: &"orders".into(),
             number: 1,
             start: Instant::now(),
@@ -81,7 +81,7 @@ fn an_unsampled_parent_stays_unsampled() {
         &server,
         &Method::GET,
         &AttemptInfo {
-            endpoint: "127.0.0.1:1".parse().unwrap(),
+            endpoint: &endpoint_attributes("127.0.0.1:1".parse().unwrap()),
             target: &"orders".into(),
             number: 1,
             start: Instant::now(),
@@ -144,7 +144,7 @@ fn b3_single_and_multi_are_read_and_written_back() {
         &server,
         &Method::GET,
         &AttemptInfo {
-            endpoint: "127.0.0.1:1".parse().unwrap(),
+            endpoint: &endpoint_attributes("127.0.0.1:1".parse().unwrap()),
             target: &"orders".into(),
             number: 1,
             start: Instant::now(),
@@ -162,7 +162,7 @@ fn b3_single_and_multi_are_read_and_written_back() {
         &server,
         &Method::GET,
         &AttemptInfo {
-            endpoint: "127.0.0.1:1".parse().unwrap(),
+            endpoint: &endpoint_attributes("127.0.0.1:1".parse().unwrap()),
             target: &"orders".into(),
             number: 1,
             start: Instant::now(),
@@ -355,7 +355,7 @@ fn recorded_spans_decode_with_the_official_types() {
         &server,
         &Method::GET,
         &AttemptInfo {
-            endpoint,
+            endpoint: &endpoint_attributes(endpoint),
             target: &target,
             number: 2,
             start: Instant::now(),
@@ -448,7 +448,7 @@ fn outcomes_set_status_and_error_type_as_the_conventions_say() {
     let server = tracer.server_span(&info);
     let target: Arc<str> = "orders".into();
     let attempt = AttemptInfo {
-        endpoint: "[fd00::1]:8080".parse().unwrap(),
+        endpoint: &endpoint_attributes("[fd00::1]:8080".parse().unwrap()),
         target: &target,
         number: 1,
         start: Instant::now(),
@@ -493,6 +493,50 @@ fn outcomes_set_status_and_error_type_as_the_conventions_say() {
         text("[fd00::1]:8080")
     );
     assert!(queue.take(0, Vec::new()).is_err(), "nothing more");
+}
+
+#[test]
+fn each_request_gets_its_own_connection_attributes() {
+    let frame = otlp::Frame::new(&[]);
+    let (tracer, queue) = recording_tracer();
+    let h = HeaderMap::new();
+    let cases = [
+        ("outbound", Version::HTTP_11, "127.0.0.1:5555"),
+        ("outbound", Version::HTTP_11, "127.0.0.1:5555"),
+        ("inbound", Version::HTTP_11, "127.0.0.1:5555"),
+        ("inbound", Version::HTTP_2, "127.0.0.1:5555"),
+        ("inbound", Version::HTTP_2, "[::1]:6666"),
+        ("inbound", Version::HTTP_2, "10.0.0.2:7777"),
+    ];
+    for (listener, version, peer) in cases {
+        let mut info = request(&h);
+        info.listener = listener;
+        info.version = version;
+        info.peer = Some(peer.parse().unwrap());
+        let span = tracer.server_span(&info);
+        tracer.end_server(span, 200, None, None);
+    }
+    let req = decode(&frame, &queue);
+    let spans = &req.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), cases.len());
+    let text = |v: &str| any_value::Value::StringValue(v.to_owned());
+    for ((listener, version, peer), span) in cases.iter().zip(spans) {
+        let a = attrs_of(&span.attributes);
+        let peer: SocketAddr = peer.parse().unwrap();
+        assert_eq!(a["skiff.listener"], text(listener));
+        assert_eq!(a["url.scheme"], text("http"));
+        let v = if *version == Version::HTTP_2 {
+            "2"
+        } else {
+            "1.1"
+        };
+        assert_eq!(a["network.protocol.version"], text(v));
+        assert_eq!(a["network.peer.address"], text(&peer.ip().to_string()));
+        assert_eq!(
+            a["network.peer.port"],
+            any_value::Value::IntValue(i64::from(peer.port()))
+        );
+    }
 }
 
 #[test]
