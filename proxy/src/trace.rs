@@ -39,8 +39,6 @@ use queue::SpanQueue;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 2048;
 /// Spans per export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
 pub const DEFAULT_BATCH_SIZE: usize = 512;
-/// A chunk's first room, per span of a batch (a traced request's spans are ~400 bytes).
-const CHUNK_BYTES_PER_SPAN: usize = 448;
 /// Longest wait before a partial batch is sent (`OTEL_BSP_SCHEDULE_DELAY`).
 pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// One export request's timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`).
@@ -475,13 +473,11 @@ impl Tracer {
         // One chunk per worker thread of the runtime the requests run on.
         let workers = tokio::runtime::Handle::try_current()
             .map_or(1, |handle| handle.metrics().num_workers());
-        let first_chunk = CHUNK_BYTES_PER_SPAN * export.batch_size.min(export.queue_capacity);
         let queue = Arc::new(SpanQueue::new(
             workers,
             export.queue_capacity,
             export.batch_size,
             metrics.dropped.clone(),
-            || Vec::with_capacity(first_chunk),
         ));
         let (flush, flushes) = mpsc::channel(4);
         // The exporter gets a thread of its own: writing ~200 KB to the collector then never

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{mpsc, oneshot};
 
-use super::otlp::{Body, Frame};
+use super::otlp::{self, Body, Frame};
 use super::queue::{Chunk, SpanQueue};
 use super::{ExportSettings, OtlpProtocol, SpanMetrics};
 
@@ -74,10 +74,10 @@ pub(super) async fn run(
         metrics,
         failing: false,
     };
+    let queue = exporter.queue.clone();
     loop {
-        let full = exporter.queue.clone();
         tokio::select! {
-            _ = full.full.notified() => exporter.export().await,
+            _ = queue.full.notified() => exporter.export().await,
             _ = tick.tick() => exporter.export().await,
             flush = flushes.recv() => {
                 exporter.export().await;
@@ -90,29 +90,27 @@ pub(super) async fn run(
             }
         }
         // Behind: batches filled up during the export go at once.
-        while exporter.queue.has_batch() {
+        while queue.has_batch() {
             exporter.export().await;
         }
     }
 }
 
-/// A chunk's spans cut into requests of at most `batch` spans: byte ranges and span counts.
+/// A chunk's spans cut into requests of at most `batch` spans: byte ranges and span counts
+/// (one range for a chunk of one batch; the entries are walked only for a chunk that fell
+/// behind).
 fn batches(chunk: &Chunk, batch: usize) -> Vec<(std::ops::Range<usize>, usize)> {
-    let mut out = Vec::with_capacity(chunk.batch_ends.len() + 1);
-    let (mut from, mut left) = (0, chunk.spans);
-    for end in chunk
-        .batch_ends
-        .iter()
-        .copied()
-        .chain(std::iter::once(chunk.bytes.len()))
-    {
-        if left == 0 || end <= from {
-            break;
+    if chunk.spans <= batch {
+        return vec![(0..chunk.bytes.len(), chunk.spans)];
+    }
+    let mut out = Vec::with_capacity(chunk.spans.div_ceil(batch));
+    let (mut from, mut n) = (0, 0);
+    for end in otlp::span_ends(&chunk.bytes) {
+        n += 1;
+        if n == batch || end == chunk.bytes.len() {
+            out.push((from..end, n));
+            (from, n) = (end, 0);
         }
-        let n = left.min(batch);
-        out.push((from..end, n));
-        left -= n;
-        from = end;
     }
     out
 }
@@ -134,8 +132,8 @@ impl Exporter {
         }
     }
 
-    /// Sends a chunk: whole when it is one batch, else one request per batch (slices of it);
-    /// then keeps its buffer for reuse.
+    /// Sends a chunk: whole when it is one batch, else one request per batch (slices of it,
+    /// not copies); then keeps its buffer for reuse.
     async fn send_chunk(&mut self, chunk: Chunk) {
         self.room = chunk.bytes.len().clamp(CHUNK_MIN, CHUNK_MAX);
         let grpc = self.settings.protocol == OtlpProtocol::Grpc;
@@ -223,13 +221,12 @@ impl Exporter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::otlp;
     use super::*;
 
     #[test]
     fn a_chunk_behind_goes_out_in_batches() {
         let dropped = prometheus::IntCounter::new("d", "d").unwrap();
-        let queue = SpanQueue::new(1, 5, 2, dropped.clone(), Vec::new);
+        let queue = SpanQueue::new(1, 5, 2, dropped.clone());
         for i in 0..7u8 {
             queue.push(&[i; 3]);
         }

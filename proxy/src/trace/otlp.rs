@@ -64,11 +64,16 @@ impl Frame {
     pub(crate) fn new(resource: &[(String, String)]) -> Self {
         let mut attrs = Vec::new();
         // Resource { repeated KeyValue attributes = 1; }
-        for (k, v) in resource {
-            key_value_str(&mut attrs, 1, k.as_bytes(), v.as_bytes());
+        let sdk = [
+            ("telemetry.sdk.name", "skiff"),
+            ("telemetry.sdk.language", "rust"),
+        ];
+        let pairs = resource.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in pairs.chain(sdk) {
+            let mut key = Vec::with_capacity(k.len() + 4);
+            bytes(&mut key, 1, k.as_bytes());
+            key_value_str(&mut attrs, 1, &key, v.as_bytes());
         }
-        key_value_str(&mut attrs, 1, b"telemetry.sdk.name", b"skiff");
-        key_value_str(&mut attrs, 1, b"telemetry.sdk.language", b"rust");
         let mut res = Vec::with_capacity(attrs.len() + 8);
         bytes(&mut res, 1, &attrs);
         // InstrumentationScope { string name = 1; string version = 2; }
@@ -115,6 +120,27 @@ impl Frame {
 #[inline]
 pub(crate) fn push_span(chunk: &mut Vec<u8>, span: &[u8]) {
     bytes(chunk, 2, span);
+}
+
+/// Where each `ScopeSpans.spans` entry of `chunk` (written by [`push_span`]) ends.
+pub(crate) fn span_ends(chunk: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        // The tag (one byte), then the length as a varint.
+        let mut i = at + 1;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = *chunk.get(i)?;
+            len |= usize::from(b & 0x7f) << shift;
+            i += 1;
+            if b < 0x80 {
+                break;
+            }
+            shift += 7;
+        }
+        at = i + len;
+        (at <= chunk.len()).then_some(at)
+    })
 }
 
 /// The request body of one export: `spans` (each a span's fields) under one resource.
@@ -226,14 +252,7 @@ pub(crate) fn attr_str<const N: usize>(out: &mut Vec<u8>, key: Key<N>, value: &[
 #[cold]
 #[inline(never)]
 fn attr_str_long(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let any = field_len(1, value.len() as u64) + value.len();
-    let kv = key.len() + field_len(2, any as u64) + any;
-    tag(out, 9, 2);
-    varint(out, kv as u64);
-    out.extend_from_slice(key);
-    tag(out, 2, 2);
-    varint(out, any as u64);
-    bytes(out, 1, value);
+    key_value_str(out, 9, key, value);
 }
 
 /// An integer attribute: `AnyValue { int64 int_value = 3; }`.
@@ -352,13 +371,14 @@ fn render_u64(v: u64, buf: &mut [u8; TEXT_MAX], at: usize) -> usize {
     at + digits.len()
 }
 
-/// A string `KeyValue` in field `field`, of any key (the resource's).
+/// A string `KeyValue` in field `field`; `key` is encoded (`KeyValue.key`'s tag and length,
+/// then the key).
 fn key_value_str(out: &mut Vec<u8>, field: u32, key: &[u8], value: &[u8]) {
     let any = field_len(1, value.len() as u64) + value.len();
-    let kv = field_len(1, key.len() as u64) + key.len() + field_len(2, any as u64) + any;
+    let kv = key.len() + field_len(2, any as u64) + any;
     tag(out, field, 2);
     varint(out, kv as u64);
-    bytes(out, 1, key);
+    out.extend_from_slice(key);
     tag(out, 2, 2);
     varint(out, any as u64);
     bytes(out, 1, value);
@@ -428,6 +448,19 @@ mod tests {
             assert_eq!(out.len(), n, "{v}");
         }
         assert_eq!(varint_len(u64::MAX), 10);
+    }
+
+    #[test]
+    fn span_entries_are_found_whatever_their_length_prefix() {
+        let mut chunk = Vec::new();
+        for len in [3, 300, 0, 20_000] {
+            push_span(&mut chunk, &vec![7; len]);
+        }
+        let ends: Vec<usize> = span_ends(&chunk).collect();
+        assert_eq!(ends, [5, 5 + 3 + 300, 310, 310 + 4 + 20_000]);
+        assert_eq!(*ends.last().unwrap(), chunk.len());
+        // A cut-off entry is not reported.
+        assert_eq!(span_ends(&chunk[..chunk.len() - 1]).count(), 3);
     }
 
     #[test]

@@ -29,9 +29,6 @@ pub(crate) struct Chunk {
     /// `ScopeSpans.spans` entries (`otlp::push_span`).
     pub(crate) bytes: Vec<u8>,
     pub(crate) spans: usize,
-    /// Where each full batch of spans ends in `bytes` (the exporter sends one request per
-    /// batch when it fell behind).
-    pub(crate) batch_ends: Vec<usize>,
 }
 
 /// One worker's chunk, alone on its cache lines.
@@ -52,24 +49,17 @@ pub(crate) struct SpanQueue {
 // === impl SpanQueue ===
 
 impl SpanQueue {
-    /// A queue of `capacity` spans shared by `workers` threads (each holds its share), with
-    /// chunks from `fresh`.
-    pub(crate) fn new(
-        workers: usize,
-        capacity: usize,
-        batch: usize,
-        dropped: IntCounter,
-        mut fresh: impl FnMut() -> Vec<u8>,
-    ) -> Self {
+    /// A queue of `capacity` spans shared by `workers` threads (each holds its share). Chunks
+    /// start empty; the exporter sizes the ones it swaps in like the last it took.
+    pub(crate) fn new(workers: usize, capacity: usize, batch: usize, dropped: IntCounter) -> Self {
         let workers = workers.max(1);
         let per_shard = capacity.div_ceil(workers).max(1);
         let batch = batch.clamp(1, per_shard);
         let shards = (0..workers)
             .map(|_| {
                 Shard(Mutex::new(Chunk {
-                    bytes: fresh(),
+                    bytes: Vec::new(),
                     spans: 0,
-                    batch_ends: Vec::with_capacity(per_shard / batch + 1),
                 }))
             })
             .collect();
@@ -94,14 +84,9 @@ impl SpanQueue {
         }
         otlp::push_span(&mut chunk.bytes, span);
         chunk.spans += 1;
-        if chunk.spans.is_multiple_of(self.batch) {
-            let end = chunk.bytes.len();
-            chunk.batch_ends.push(end);
-            let first = chunk.spans == self.batch;
+        if chunk.spans == self.batch {
             drop(chunk);
-            if first {
-                self.full.notify_one();
-            }
+            self.full.notify_one();
         }
     }
 
@@ -116,11 +101,9 @@ impl SpanQueue {
         if chunk.spans == 0 {
             return Err(fresh);
         }
-        let ends = Vec::with_capacity(chunk.batch_ends.capacity());
         Ok(Chunk {
             bytes: std::mem::replace(&mut chunk.bytes, fresh),
             spans: std::mem::take(&mut chunk.spans),
-            batch_ends: std::mem::replace(&mut chunk.batch_ends, ends),
         })
     }
 

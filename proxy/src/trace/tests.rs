@@ -308,7 +308,7 @@ fn settings_follow_otel_variables_over_skiff_settings() {
 /// A tracer recording every span into a one-worker queue the test reads (no exporter).
 fn recording_tracer() -> (Tracer, Arc<SpanQueue>) {
     let dropped = IntCounter::new("dropped", "dropped").unwrap();
-    let queue = Arc::new(SpanQueue::new(1, 64, 16, dropped, Vec::new));
+    let queue = Arc::new(SpanQueue::new(1, 64, 16, dropped));
     let tracer = Tracer {
         sampler: Sampler::default(),
         export: Some(Arc::new(ExportHandle {
@@ -453,12 +453,11 @@ fn outcomes_set_status_and_error_type_as_the_conventions_say() {
         number: 1,
         start: Instant::now(),
     };
-    let (refused, _) = tracer.client_span(&server, &odd, &attempt);
-    tracer.end_client(refused, Err("connect"), Instant::now());
-    let (not_found, _) = tracer.client_span(&server, &odd, &attempt);
-    tracer.end_client(not_found, Ok(404), Instant::now());
-    let (fine, _) = tracer.client_span(&server, &odd, &attempt);
-    tracer.end_client(fine, Ok(200), Instant::now());
+    // Refused, not found, fine.
+    for outcome in [Err("connect"), Ok(404), Ok(200)] {
+        let (span, _) = tracer.client_span(&server, &odd, &attempt);
+        tracer.end_client(span, outcome, Instant::now());
+    }
     tracer.end_server(server, 404, Some("no_service"), None);
     // An abandoned span (its request dropped) is not exported.
     drop(tracer.server_span(&request(&h)));
