@@ -21,6 +21,7 @@ pub mod logrouter;
 pub mod peers;
 pub mod process;
 pub mod registry;
+pub mod stalls;
 pub mod table;
 pub mod telemetry;
 pub mod wrk;
@@ -37,12 +38,17 @@ use crate::LoadtestError;
 use crate::http_client;
 use crate::load::{LatencySummary, LoadOptions, Report, run};
 use process::{Managed, ProcStats};
+use stalls::{HostStalls, StallProbe};
 use telemetry::{OtlpSink, TelemetryFigures};
 
 /// Default time budget of a whole benchmark.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(180);
 /// Time budget with `--quick`.
 pub const QUICK_BUDGET: Duration = Duration::from_secs(40);
+/// The latency phase keeps the times of requests slower than this, to match them with stalls.
+const SLOW_REQUEST: Duration = Duration::from_millis(1);
+/// The `SCHED_FIFO` priority of the latency phase's proxy, origin and generator.
+const REALTIME_PRIORITY: u8 = 1;
 /// How long a peer gets to answer its first 200.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -115,6 +121,9 @@ pub struct BenchOptions {
     pub traced_access_log: bool,
     /// `[proxy] busy_poll_us` in the sidecars' settings file; `None`: the default.
     pub sidecar_busy_poll_us: Option<u64>,
+    /// The latency phase runs the proxy, the origin and the generator under `SCHED_FIFO`
+    /// (every row alike) and watches for host stalls (`stalls.rs`), when this machine allows.
+    pub realtime: bool,
 }
 
 // === impl BenchOptions ===
@@ -149,6 +158,7 @@ impl BenchOptions {
             wrk: true,
             traced_access_log: true,
             sidecar_busy_poll_us: None,
+            realtime: true,
         }
     }
 
@@ -221,6 +231,8 @@ pub struct BenchRow {
     pub bind_ip: Option<std::net::Ipv4Addr>,
     /// Sidecar rows: span counters and what the OTLP sink received.
     pub telemetry: Option<TelemetryFigures>,
+    /// The latency phase against the host's stalls; `None` when they were not watched.
+    pub host: Option<HostStalls>,
 }
 
 /// Runs the comparison described by `opts`.
@@ -274,12 +286,18 @@ pub async fn bench_proxy(opts: BenchOptions) -> Result<BenchReport, LoadtestErro
         (None, true) => "wrk not found: the closed-loop phase is driven by skiff's own generator, which may saturate its core before the proxy does".into(),
         (None, false) => "closed-loop phase driven by skiff's own generator".into(),
     });
+    let realtime = realtime_check(&opts, proxy_cpu.zip(load_cpu), &mut notes);
+    if realtime.is_some() && origin.pid().is_none() {
+        notes.push("the in-process origin keeps its normal priority".into());
+    }
     let ctx = Context {
         wrk,
         opts: &opts,
         dir: dir.path(),
         exe,
         origin_port: origin.addr().port(),
+        origin_pid: origin.pid(),
+        realtime,
         proxy_cpu,
         load_cpu,
         ticks_per_second: process::clock_ticks_per_second(),
@@ -398,6 +416,11 @@ pub fn median_row(rounds: Vec<BenchRow>) -> BenchRow {
         new_upstream_connections_per_1000: of(|r| r.new_upstream_connections_per_1000),
         errors: measured.iter().map(|r| r.errors).sum(),
         latency,
+        host: measured
+            .iter()
+            .map(|r| r.host)
+            .collect::<Option<Vec<_>>>()
+            .map(HostStalls::combine),
         ..(*last).clone()
     }
 }
@@ -472,6 +495,14 @@ impl RunningOrigin {
         match self {
             RunningOrigin::Child(_, addr) => *addr,
             RunningOrigin::Thread(origin) => origin.addr(),
+        }
+    }
+
+    /// The child's process id; `None` for the in-process origin (which keeps its priority).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            RunningOrigin::Child(child, _) => Some(child.pid),
+            RunningOrigin::Thread(_) => None,
         }
     }
 
@@ -589,6 +620,10 @@ struct Context<'a> {
     dir: &'a Path,
     exe: String,
     origin_port: u16,
+    /// The origin's process, when it is a child: real-time in the latency phase too.
+    origin_pid: Option<u32>,
+    /// The latency phase runs under `SCHED_FIFO` with the host-stall probe on these cores.
+    realtime: Option<[usize; 2]>,
     proxy_cpu: Option<usize>,
     load_cpu: Option<usize>,
     ticks_per_second: u64,
@@ -604,6 +639,7 @@ struct Phases {
     /// The proxy's CPU ticks over the open-loop phase.
     rate_cpu_ticks: Option<u64>,
     upstream: Option<f64>,
+    host: Option<HostStalls>,
 }
 
 // === impl Context ===
@@ -861,11 +897,21 @@ impl Context<'_> {
         let origin_before = origin_stats(&stats_url).await;
         let mut rate = LoadOptions::rate(url, opts.rate, opts.rate_duration);
         rate.connections = opts.rate_connections;
+        rate.record_slow_over = self.realtime.map(|_| SLOW_REQUEST);
+        let realtime = self.realtime_phase(proxy);
         let before = proxy.and_then(Managed::stats);
-        let rate_report = run_pinned(rate, self.load_cpu).await?;
+        let rate_report = run_pinned_at(rate, self.load_cpu, realtime.is_some()).await;
         let rate_cpu_ticks = before
             .zip(proxy.and_then(Managed::stats))
             .map(|(before, after)| after.cpu_ticks.saturating_sub(before.cpu_ticks));
+        let host = realtime.map(|(probe, cpus)| (probe.stop(), cpus));
+        self.normal_priority(proxy);
+        let rate_report = rate_report?;
+        let host = host
+            .zip(rate_report.slow.as_ref())
+            .map(|((seen, cpus), slow)| {
+                stalls::attribute(slow, &seen, &cpus, rate_report.latency.max_us)
+            });
         let origin_after = origin_stats(&stats_url).await;
         let upstream = origin_before.zip(origin_after).and_then(|(before, after)| {
             // Minus our own /stats question.
@@ -881,7 +927,81 @@ impl Context<'_> {
             cpu,
             rate_cpu_ticks,
             upstream,
+            host,
         })
+    }
+
+    /// Puts the proxy under test and the origin under `SCHED_FIFO` and starts the host-stall
+    /// probe, when the run has them; the probe and the cores the row's requests cross.
+    fn realtime_phase(&self, proxy: Option<&Managed>) -> Option<(StallProbe, Vec<usize>)> {
+        let [proxy_cpu, load_cpu] = self.realtime?;
+        for pid in proxy.map(|p| p.pid).into_iter().chain(self.origin_pid) {
+            if let Err(error) = process::set_realtime(pid, Some(REALTIME_PRIORITY), true) {
+                tracing::warn!(%error, pid, "cannot give the latency phase a real-time priority");
+            }
+        }
+        let cpus = match proxy {
+            Some(_) => vec![proxy_cpu, load_cpu],
+            None => vec![load_cpu],
+        };
+        match StallProbe::start(&[proxy_cpu, load_cpu]) {
+            Ok(probe) => Some((probe, cpus)),
+            Err(error) => {
+                tracing::warn!(%error, "host-stall probe not running");
+                self.normal_priority(proxy);
+                None
+            }
+        }
+    }
+
+    fn normal_priority(&self, proxy: Option<&Managed>) {
+        if self.realtime.is_none() {
+            return;
+        }
+        for pid in proxy.map(|p| p.pid).into_iter().chain(self.origin_pid) {
+            if let Err(error) = process::set_realtime(pid, None, true) {
+                tracing::warn!(%error, pid, "cannot put a process back to normal priority");
+            }
+        }
+    }
+}
+
+/// Whether the latency phase can run real-time with the stall probe: the cores pinned, and
+/// `chrt` allowed here. Notes what the run does either way.
+fn realtime_check(
+    opts: &BenchOptions,
+    cores: Option<(usize, usize)>,
+    notes: &mut Vec<String>,
+) -> Option<[usize; 2]> {
+    if !opts.realtime {
+        notes.push(
+            "latency phase at normal priority (--no-realtime): host stalls are not told apart"
+                .into(),
+        );
+        return None;
+    }
+    let Some((proxy_cpu, load_cpu)) = cores else {
+        notes.push("latency phase at normal priority: the cores are not pinned".into());
+        return None;
+    };
+    match StallProbe::start(&[proxy_cpu, load_cpu]) {
+        Ok(probe) => {
+            probe.stop();
+            notes.push(format!(
+                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {} ms sleep woken over {} ms late), and a request slower than {} ms in flight during one is the host's",
+                stalls::PRIORITY,
+                stalls::PERIOD.as_millis(),
+                stalls::LATE.as_millis(),
+                SLOW_REQUEST.as_millis(),
+            ));
+            Some([proxy_cpu, load_cpu])
+        }
+        Err(reason) => {
+            notes.push(format!(
+                "latency phase at normal priority, host stalls not told apart: no real-time priority here ({reason})"
+            ));
+            None
+        }
     }
 }
 
@@ -890,6 +1010,7 @@ fn fill(row: &mut BenchRow, phases: &Phases, end: Option<ProcStats>, ticks_per_s
     row.max_throughput = Some(phases.max.throughput());
     row.errors = phases.max.errors + phases.rate.errors.total() + phases.rate.not_sent;
     row.latency = Some(phases.rate.latency.clone());
+    row.host = phases.host;
     row.new_upstream_connections_per_1000 = phases.upstream;
     row.peak_rss_kib = end.map(|stats| stats.peak_rss_kib);
     let per_request = |ticks: u64, requests: u64| {
@@ -1059,6 +1180,15 @@ pub fn version_from_banner(text: &str) -> Option<String> {
 
 /// Runs a load on its own single-threaded runtime, on a thread pinned to `cpu`.
 pub async fn run_pinned(opts: LoadOptions, cpu: Option<usize>) -> Result<Report, LoadtestError> {
+    run_pinned_at(opts, cpu, false).await
+}
+
+/// [`run_pinned`], the thread (and the pacer it starts) under `SCHED_FIFO` when `realtime`.
+async fn run_pinned_at(
+    opts: LoadOptions,
+    cpu: Option<usize>,
+    realtime: bool,
+) -> Result<Report, LoadtestError> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("skiff-bench-load".into())
@@ -1067,6 +1197,12 @@ pub async fn run_pinned(opts: LoadOptions, cpu: Option<usize>) -> Result<Report,
                 && let Err(error) = process::pin_current_thread(cpu)
             {
                 tracing::warn!(%error, "cannot pin the load generator");
+            }
+            if realtime
+                && let Err(error) = process::current_thread_id()
+                    .and_then(|tid| process::set_realtime(tid, Some(REALTIME_PRIORITY), false))
+            {
+                tracing::warn!(%error, "cannot give the load generator a real-time priority");
             }
             let report = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -278,6 +278,10 @@ pub struct BenchProxyArgs {
     /// 0 makes them sleep at once, as HAProxy and nginx do here. Default: the sidecar's own.
     #[arg(long, value_name = "MICROSECONDS")]
     pub sidecar_busy_poll_us: Option<u64>,
+    /// Run the latency phase at normal priority: no SCHED_FIFO for the proxy, origin and
+    /// generator, and no host-stall probe (see BENCHMARKS.md).
+    #[arg(long)]
+    pub no_realtime: bool,
     /// Path every request asks for. The default origin answers `/health` at once and
     /// `/delay/<ms>` after that many milliseconds (a slow upstream).
     #[arg(long, default_value = "/health", value_parser = parse_path)]
@@ -458,6 +462,7 @@ impl RunArgs {
             timeout: self.timeout,
             allow_non_loopback: self.allow_non_loopback,
             precise_timing: !self.coarse_timing,
+            record_slow_over: None,
         })
     }
 }
@@ -488,6 +493,7 @@ impl BenchProxyArgs {
         opts.wrk = !self.own_generator;
         opts.traced_access_log = !self.traced_without_access_log;
         opts.sidecar_busy_poll_us = self.sidecar_busy_poll_us;
+        opts.realtime = !self.no_realtime;
         opts.path = self.path;
         opts.rounds = self.rounds as usize;
         opts.budget *= self.rounds;
@@ -706,13 +712,14 @@ mod tests {
             "--traced-without-access-log",
             "--sidecar-busy-poll-us",
             "0",
+            "--no-realtime",
             "--path",
             "/delay/1",
         ]) else {
             panic!("not bench proxy");
         };
         let opts = bench.into_options();
-        assert!(!opts.wrk && !opts.traced_access_log);
+        assert!(!opts.wrk && !opts.traced_access_log && !opts.realtime);
         assert_eq!(opts.sidecar_busy_poll_us, Some(0));
         assert_eq!(opts.path, "/delay/1");
         assert_eq!(opts.peers, vec![Peer::Direct, Peer::Haproxy]);

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use crate::LoadtestError;
 use crate::http_client::ProxyConfig;
-pub use report::{ErrorCounts, ErrorKind, LatencySummary, Protocol, Report};
+pub use report::{
+    ErrorCounts, ErrorKind, LatencySummary, Protocol, Report, SlowRequest, SlowRequests,
+};
 
 /// Per-request timeout unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +44,8 @@ pub const DEFAULT_MAX_MODE_REQUESTS: u64 = 100_000_000;
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Most HTTP/2 streams per connection accepted.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 1_000;
+/// Most slow requests a run keeps the times of (see [`LoadOptions::record_slow_over`]).
+pub const MAX_SLOW_REQUESTS: usize = 100_000;
 /// Back-off after a failed connect in closed loop, so a dead target is not hammered.
 const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(10);
 
@@ -80,6 +84,10 @@ pub struct LoadOptions {
     /// the runtime's 1 ms timer wheel (the default: with the wheel, up to 1 ms of the
     /// generator's own lateness lands in every latency).
     pub precise_timing: bool,
+    /// Keep the scheduled and completion times of every answered request slower than this
+    /// (at most [`MAX_SLOW_REQUESTS`]), so a benchmark can tell which were in flight while
+    /// the host stalled (`bench::stalls`).
+    pub record_slow_over: Option<Duration>,
 }
 
 // === impl LoadOptions ===
@@ -102,6 +110,7 @@ impl LoadOptions {
             timeout: DEFAULT_TIMEOUT,
             allow_non_loopback: false,
             precise_timing: true,
+            record_slow_over: None,
         }
     }
 
@@ -158,7 +167,7 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadtestError> {
                 .spawn(move || pace(senders, start, deadline, per_second, planned))?,
         );
     }
-    let mut total = Tally::new(template.clone());
+    let mut total = Tally::new(template.clone(), plan.record_slow_over);
     while let Some(joined) = workers.join_next().await {
         match joined {
             Ok(tally) => total.merge(&tally)?,
@@ -202,6 +211,7 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadtestError> {
         latency: LatencySummary::from_histogram(&total.latency),
         service_time: LatencySummary::from_histogram(&total.service_time),
         bytes_received: total.bytes_received,
+        slow: total.slow,
     })
 }
 
@@ -217,6 +227,7 @@ struct Plan {
     body: Bytes,
     timeout: Duration,
     precise_timing: bool,
+    record_slow_over: Option<Duration>,
 }
 
 struct Target {
@@ -297,6 +308,7 @@ impl Plan {
             body: opts.body.clone(),
             timeout: opts.timeout,
             precise_timing: opts.precise_timing,
+            record_slow_over: opts.record_slow_over,
         })
     }
 
@@ -394,12 +406,13 @@ struct Tally {
     responses: u64,
     ok: u64,
     bytes_received: u64,
+    slow: Option<SlowRequests>,
 }
 
 // === impl Tally ===
 
 impl Tally {
-    fn new(template: Histogram<u64>) -> Tally {
+    fn new(template: Histogram<u64>, slow_over: Option<Duration>) -> Tally {
         Tally {
             service_time: template.clone(),
             latency: template,
@@ -410,6 +423,7 @@ impl Tally {
             responses: 0,
             ok: 0,
             bytes_received: 0,
+            slow: slow_over.map(SlowRequests::new),
         }
     }
 
@@ -429,6 +443,9 @@ impl Tally {
         self.responses += other.responses;
         self.ok += other.ok;
         self.bytes_received += other.bytes_received;
+        if let (Some(slow), Some(other)) = (&mut self.slow, &other.slow) {
+            slow.merge(other);
+        }
         Ok(())
     }
 
@@ -445,8 +462,15 @@ impl Tally {
                 } else {
                     self.ok += 1;
                 }
-                self.latency
-                    .saturating_record(micros(exchange.done - exchange.scheduled));
+                let latency = micros(exchange.done - exchange.scheduled);
+                self.latency.saturating_record(latency);
+                if let Some(slow) = &mut self.slow {
+                    let request = SlowRequest {
+                        scheduled: exchange.scheduled,
+                        done: exchange.done,
+                    };
+                    slow.record(latency, request);
+                }
                 self.service_time
                     .saturating_record(micros(exchange.done - exchange.sent_at));
             }
@@ -593,7 +617,7 @@ async fn worker(
 ) -> Tally {
     let plan = run.plan.clone();
     let target = &plan.targets[target];
-    let mut tally = Tally::new(template);
+    let mut tally = Tally::new(template, plan.record_slow_over);
     let mut sender: Option<Sender> = None;
     let mut in_flight: JoinSet<Exchange> = JoinSet::new();
     let mut exhausted = false;

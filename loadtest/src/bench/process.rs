@@ -172,22 +172,47 @@ pub fn clock_ticks_per_second() -> u64 {
 
 /// Pins the calling thread to `cpu` (`taskset -p` on its thread id).
 pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    let tid = current_thread_id()?;
+    run_quietly("taskset", &["-p", "-c", &cpu.to_string(), &tid.to_string()])
+}
+
+/// The calling thread's id, as `taskset -p` and `chrt -p` take it.
+pub fn current_thread_id() -> Result<u32, String> {
     let link = std::fs::read_link("/proc/thread-self").map_err(|e| e.to_string())?;
-    let tid = link
-        .file_name()
+    link.file_name()
         .and_then(|name| name.to_str())
-        .ok_or("no thread id")?
-        .to_string();
-    let status = std::process::Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &tid])
+        .and_then(|name| name.parse().ok())
+        .ok_or_else(|| "no thread id".to_string())
+}
+
+/// Puts thread `id` (every thread of process `id` with `all_threads`) under `SCHED_FIFO` at
+/// `priority`, or back under `SCHED_OTHER` with `None` (`chrt -p`; needs root or
+/// `CAP_SYS_NICE`).
+pub fn set_realtime(id: u32, priority: Option<u8>, all_threads: bool) -> Result<(), String> {
+    let (policy, priority) = match priority {
+        Some(priority) => ("-f", priority.to_string()),
+        None => ("-o", "0".to_string()),
+    };
+    let id = id.to_string();
+    let mut args = vec![policy];
+    if all_threads {
+        args.push("-a");
+    }
+    args.extend(["-p", &priority, &id]);
+    run_quietly("chrt", &args)
+}
+
+fn run_quietly(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = std::process::Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("taskset: {e}"))?;
+        .map_err(|e| format!("{program}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("taskset exited with {status}"))
+        Err(format!("{program} {} exited with {status}", args.join(" ")))
     }
 }
 

@@ -87,17 +87,34 @@ impl BenchReport {
                 ours.zip(peer).map(|(o, p)| o <= p),
             ));
         }
-        let worst_max = sidecar.latency.as_ref().map(|l| l.max_us);
+        // The row's own worst: outside the host's stalls when they were watched.
+        let own_max = |row: &BenchRow| match (&row.host, &row.latency) {
+            (Some(host), Some(_)) => Some(host.max_outside_us),
+            (None, latency) => latency.as_ref().map(|l| l.max_us),
+            (Some(_), None) => None,
+        };
+        let worst_max = own_max(sidecar);
+        let ms = |us: u64| us as f64 / 1000.0;
+        let measured = match (worst_max, &sidecar.host, &sidecar.latency) {
+            (Some(m), Some(host), Some(latency)) if host.requests_in_stalls > 0 => format!(
+                "{:.1} ms outside host stalls ({:.1} ms with the {} requests in flight during {} stalls of up to {:.1} ms)",
+                ms(m),
+                ms(latency.max_us),
+                host.requests_in_stalls,
+                host.stalls,
+                ms(host.worst_us),
+            ),
+            (Some(m), Some(_), _) => format!("{:.1} ms (no request in a host stall)", ms(m)),
+            (Some(m), None, _) => format!("{:.1} ms", ms(m)),
+            (None, ..) => NONE.to_string(),
+        };
         checks.push(Check::new(
             format!("max latency at {} req/s", trim_float(self.rate)),
-            worst_max.map_or_else(
-                || NONE.to_string(),
-                |m| format!("{:.1} ms", m as f64 / 1000.0),
-            ),
+            measured,
             // The direct row's own worst beside it: what the machine gave without any proxy.
-            lat(direct, |l| l.max_us).map_or_else(
+            direct.and_then(own_max).map_or_else(
                 || "≤ 5 ms".to_string(),
-                |d| format!("≤ 5 ms (direct: {:.1} ms)", d as f64 / 1000.0),
+                |d| format!("≤ 5 ms (direct: {:.1} ms)", ms(d)),
             ),
             worst_max.map(|m| m <= 5_000),
         ));
@@ -197,6 +214,7 @@ impl BenchReport {
         // With several rounds, the spread of each row's p50 and p99 over them: how much of a
         // difference between rows this machine's noise can make.
         let spread = measured.iter().any(|r| r.latency_rounds.len() > 1);
+        let host = measured.iter().any(|r| r.host.is_some());
         let mut columns = vec![
             "p50",
             "added p50",
@@ -207,6 +225,13 @@ impl BenchReport {
             "errors",
             "proxy CPU µs/req",
         ];
+        if host {
+            columns.extend([
+                "max outside host stalls",
+                "host stalls (worst µs)",
+                "requests in them",
+            ]);
+        }
         if spread {
             columns.extend(["p50 by round", "p99 by round"]);
         }
@@ -230,6 +255,20 @@ impl BenchReport {
                 row.errors,
                 fmt(row.rate_cpu_us_per_request, 1),
             );
+            if host {
+                match &row.host {
+                    Some(h) => {
+                        let _ = write!(
+                            out,
+                            " {} | {} ({}) | {} |",
+                            h.max_outside_us, h.stalls, h.worst_us, h.requests_in_stalls
+                        );
+                    }
+                    None => {
+                        let _ = write!(out, " {NONE} | {NONE} | {NONE} |");
+                    }
+                }
+            }
             if spread {
                 let range = |f: fn(&(u64, u64)) -> u64| {
                     let values = row.latency_rounds.iter().map(f);

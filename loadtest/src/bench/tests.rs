@@ -119,10 +119,24 @@ fn row(peer: &str, throughput: f64, cpu: f64, p50: u64, p99: u64) -> BenchRow {
     }
 }
 
+/// A report of `rows` at 2,000 req/s over 16 connections, 64 at saturation, 1,000 held.
+fn report_of(rows: Vec<BenchRow>) -> BenchReport {
+    BenchReport {
+        rows,
+        notes: vec![],
+        rate: 2000.0,
+        rate_connections: 16,
+        max_connections: 64,
+        held_connections: 1000,
+        elapsed_secs: 1.0,
+    }
+}
+
 #[test]
 fn markdown_compares_with_direct_and_haproxy_and_lists_skipped_rows() {
     let report = BenchReport {
-        rows: vec![
+        notes: vec!["pinned".into()],
+        ..report_of(vec![
             BenchRow {
                 cpu_us_per_request: None,
                 cpu_busy_percent: None,
@@ -138,13 +152,7 @@ fn markdown_compares_with_direct_and_haproxy_and_lists_skipped_rows() {
                 skipped: Some("sidecar not available: exited with 2".into()),
                 ..BenchRow::default()
             },
-        ],
-        notes: vec!["pinned".into()],
-        rate: 2000.0,
-        rate_connections: 16,
-        max_connections: 64,
-        held_connections: 1000,
-        elapsed_secs: 42.0,
+        ])
     };
     let markdown = report.to_markdown();
     assert!(markdown.contains("- pinned"));
@@ -181,20 +189,12 @@ fn the_sidecar_row_is_checked_against_issue_4s_targets() {
         first_200_ms: Some(25.0),
         ..row("skiff sidecar", 72_000.0, 15.0, 260, 500)
     };
-    let report = BenchReport {
-        rows: vec![
-            row("direct", 100_000.0, 0.0, 50, 100),
-            row("HAProxy", 63_000.0, 15.7, 280, 440),
-            row("nginx", 79_000.0, 12.4, 300, 440),
-            sidecar.clone(),
-        ],
-        notes: vec![],
-        rate: 2000.0,
-        rate_connections: 16,
-        max_connections: 64,
-        held_connections: 1000,
-        elapsed_secs: 42.0,
-    };
+    let report = report_of(vec![
+        row("direct", 100_000.0, 0.0, 50, 100),
+        row("HAProxy", 63_000.0, 15.7, 280, 440),
+        row("nginx", 79_000.0, 12.4, 300, 440),
+        sidecar.clone(),
+    ]);
     let checks = report.proxy_checks(&sidecar);
     let verdict = |what: &str| {
         checks
@@ -249,15 +249,7 @@ fn rounds_merge_into_medians_with_the_worst_max() {
         merged.latency_rounds,
         vec![(200, 300), (190, 280), (210, 320)]
     );
-    let report = BenchReport {
-        rows: vec![merged.clone()],
-        notes: vec![],
-        rate: 2000.0,
-        rate_connections: 16,
-        max_connections: 64,
-        held_connections: 1000,
-        elapsed_secs: 1.0,
-    };
+    let report = report_of(vec![merged.clone()]);
     let markdown = report.to_markdown();
     assert!(markdown.contains("| 190–210 | 280–320 |"), "{markdown}");
     assert_eq!(merged.rate_cpu_us_per_request, Some(70.0));
@@ -266,4 +258,78 @@ fn rounds_merge_into_medians_with_the_worst_max() {
     assert!(merged.skipped.is_none());
     let never = super::median_row(vec![skipped.clone(), skipped]);
     assert!(never.skipped.is_some());
+}
+
+#[test]
+fn the_max_is_judged_outside_the_hosts_stalls_when_they_were_watched() {
+    use super::stalls::HostStalls;
+    let with_max = |peer: &str, max_us: u64, host: Option<HostStalls>| {
+        let mut r = row(peer, 70_000.0, 15.0, 200, 400);
+        r.latency.as_mut().unwrap().max_us = max_us;
+        r.host = host;
+        r
+    };
+    let stalls = |max_outside_us, requests_in_stalls| HostStalls {
+        stalls: 2,
+        worst_us: 6_900,
+        requests_in_stalls,
+        max_outside_us,
+    };
+    let report = |sidecar: BenchRow| {
+        report_of(vec![
+            with_max("direct", 9_000, Some(stalls(1_300, 4))),
+            with_max("HAProxy", 8_000, Some(stalls(2_100, 3))),
+            sidecar,
+        ])
+    };
+    let max_check = |sidecar: BenchRow| {
+        let report = report(sidecar.clone());
+        let checks = report.proxy_checks(&sidecar);
+        let check = checks
+            .into_iter()
+            .find(|c| c.what.starts_with("max latency"))
+            .unwrap();
+        (check, report.to_markdown())
+    };
+    // 7.2 ms raw, 1.9 ms outside the stalls: met, with both figures shown.
+    let (check, markdown) = max_check(with_max("skiff sidecar", 7_200, Some(stalls(1_900, 3))));
+    assert_eq!(check.met, Some(true));
+    assert!(check.measured.starts_with("1.9 ms outside host stalls (7.2 ms with the 3 requests in flight during 2 stalls of up to 6.9 ms)"), "{check:?}");
+    assert_eq!(check.target, "≤ 5 ms (direct: 1.3 ms)");
+    assert!(
+        markdown
+            .contains("| max outside host stalls | host stalls (worst µs) | requests in them |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| 1900 | 2 (6900) | 3 |"), "{markdown}");
+    // A slow request of the proxy's own, outside any stall: missed.
+    let (check, _) = max_check(with_max("skiff sidecar", 7_200, Some(stalls(6_100, 1))));
+    assert_eq!(check.met, Some(false));
+    // Stalls not watched (--no-realtime): the raw max is judged.
+    let (check, markdown) = max_check(with_max("skiff sidecar", 7_200, None));
+    assert_eq!(
+        (check.met, check.measured.as_str()),
+        (Some(false), "7.2 ms")
+    );
+    assert!(markdown.contains("| — | — | — |"), "{markdown}");
+
+    // Rounds: the host figures of every round combined; none if a round had none.
+    let merged = super::median_row(vec![
+        with_max("skiff sidecar", 7_200, Some(stalls(1_900, 3))),
+        with_max("skiff sidecar", 3_000, Some(stalls(2_500, 0))),
+    ]);
+    assert_eq!(
+        merged.host,
+        Some(HostStalls {
+            stalls: 4,
+            worst_us: 6_900,
+            requests_in_stalls: 3,
+            max_outside_us: 2_500,
+        })
+    );
+    let partly = super::median_row(vec![
+        with_max("skiff sidecar", 7_200, Some(stalls(1_900, 3))),
+        with_max("skiff sidecar", 3_000, None),
+    ]);
+    assert_eq!(partly.host, None);
 }

@@ -160,6 +160,58 @@ pub struct Report {
     /// From the actual send to the last response byte.
     pub service_time: LatencySummary,
     pub bytes_received: u64,
+    /// The answered requests slower than a threshold, when the run was asked to keep them.
+    pub slow: Option<SlowRequests>,
+}
+
+/// Answered requests slower than `over_us`: when each was due and when it completed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SlowRequests {
+    pub over_us: u64,
+    /// In no particular order; instants only mean something within this process.
+    #[serde(skip)]
+    pub kept: Vec<SlowRequest>,
+    /// Slow requests past [`super::MAX_SLOW_REQUESTS`], counted but not kept.
+    pub not_kept: u64,
+    /// The slowest answered request that was not slow (0 if none).
+    pub max_below_us: u64,
+}
+
+/// One slow request's span, from its scheduled send to its last response byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowRequest {
+    pub scheduled: tokio::time::Instant,
+    pub done: tokio::time::Instant,
+}
+
+// === impl SlowRequests ===
+
+impl SlowRequests {
+    pub fn new(over: std::time::Duration) -> SlowRequests {
+        SlowRequests {
+            over_us: u64::try_from(over.as_micros()).unwrap_or(u64::MAX),
+            ..SlowRequests::default()
+        }
+    }
+
+    /// Counts one answered request that took `latency_us`.
+    pub fn record(&mut self, latency_us: u64, request: SlowRequest) {
+        if latency_us <= self.over_us {
+            self.max_below_us = self.max_below_us.max(latency_us);
+        } else if self.kept.len() < super::MAX_SLOW_REQUESTS {
+            self.kept.push(request);
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &SlowRequests) {
+        self.max_below_us = self.max_below_us.max(other.max_below_us);
+        let room = super::MAX_SLOW_REQUESTS.saturating_sub(self.kept.len());
+        let taken = other.kept.len().min(room);
+        self.kept.extend_from_slice(&other.kept[..taken]);
+        self.not_kept += other.not_kept + (other.kept.len() - taken) as u64;
+    }
 }
 
 // === impl Report ===

@@ -39,6 +39,48 @@ async fn direct_row_measures_throughput_and_latency_without_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_phase_runs_real_time_and_watches_for_host_stalls() {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut opts = tiny(vec![Peer::Direct]);
+    (opts.proxy_cpu, opts.load_cpu) = (Some(0), Some(1));
+    let report = bench_proxy(opts.clone()).await.unwrap();
+    let row = &report.rows[0];
+    assert_eq!((row.skipped.as_deref(), row.errors), (None, 0));
+    let realtime = report
+        .notes
+        .iter()
+        .any(|n| n.contains("under SCHED_FIFO 1"));
+    // CI runs as root on two cores: the phase is real-time there. Elsewhere the notes say why not.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"));
+    if root && cpus >= 2 {
+        assert!(realtime, "{:?}", report.notes);
+        let host = row.host.expect("host stalls watched");
+        // Whatever the host did, no request of the row is worse than the run's max.
+        assert!(host.max_outside_us <= row.latency.as_ref().unwrap().max_us);
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("in-process origin keeps its normal priority"))
+        );
+        assert!(report.to_markdown().contains("max outside host stalls"));
+    } else {
+        assert!(!realtime && row.host.is_none(), "{:?}", report.notes);
+    }
+    opts.realtime = false;
+    let report = bench_proxy(opts).await.unwrap();
+    assert_eq!(report.rows[0].host, None);
+    assert!(
+        report.notes.iter().any(|n| n.contains("--no-realtime")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrk_drives_the_closed_loop_phase() {
     // scripts/test installs wrk (Debian `wrk`).
     let mut opts = tiny(vec![Peer::Direct]);

@@ -31,6 +31,7 @@ fn report() -> Report {
         latency: latency.clone(),
         service_time: latency,
         bytes_received: 2000,
+        slow: None,
     }
 }
 
@@ -150,4 +151,52 @@ proptest! {
         left.add(&right).unwrap();
         prop_assert_eq!(LatencySummary::from_histogram(&left), LatencySummary::from_histogram(&both));
     }
+}
+
+#[test]
+fn slow_requests_keep_their_times_and_the_fastest_rest_its_max() {
+    let at = tokio::time::Instant::now();
+    let span = |from_ms: u64, to_ms: u64| SlowRequest {
+        scheduled: at + std::time::Duration::from_millis(from_ms),
+        done: at + std::time::Duration::from_millis(to_ms),
+    };
+    let mut slow = SlowRequests::new(std::time::Duration::from_millis(2));
+    assert_eq!(slow.over_us, 2_000);
+    slow.record(150, span(0, 0));
+    slow.record(2_000, span(1, 3));
+    slow.record(7_000, span(5, 12));
+    assert_eq!(slow.kept, vec![span(5, 12)]);
+    assert_eq!(slow.max_below_us, 2_000);
+
+    let mut other = SlowRequests::new(std::time::Duration::from_millis(2));
+    other.record(3_000, span(20, 23));
+    other.record(900, span(30, 30));
+    slow.merge(&other);
+    assert_eq!(slow.kept, vec![span(5, 12), span(20, 23)]);
+    assert_eq!((slow.max_below_us, slow.not_kept), (2_000, 0));
+}
+
+#[test]
+fn slow_requests_past_the_cap_are_counted_not_kept() {
+    let at = tokio::time::Instant::now();
+    let request = SlowRequest {
+        scheduled: at,
+        done: at,
+    };
+    let mut full = SlowRequests::new(std::time::Duration::ZERO);
+    full.kept = vec![request; crate::load::MAX_SLOW_REQUESTS - 1];
+    full.record(10, request);
+    full.record(10, request);
+    assert_eq!(
+        (full.kept.len(), full.not_kept),
+        (crate::load::MAX_SLOW_REQUESTS, 1)
+    );
+    let mut two = SlowRequests::new(std::time::Duration::ZERO);
+    two.record(5, request);
+    two.record(5, request);
+    full.merge(&two);
+    assert_eq!(
+        (full.kept.len(), full.not_kept),
+        (crate::load::MAX_SLOW_REQUESTS, 3)
+    );
 }

@@ -1,0 +1,322 @@
+//! Host stalls: when the machine itself stopped running one of the benchmark's cores.
+//!
+//! On a VM the host may leave a vCPU unrun for milliseconds: on this project's machines a
+//! thread sleeping 2 ms at a time woke 3–47 ms late a few times a minute, with the guest's
+//! scheduler showing the core idle in between (`perf sched timehist`). Every request in
+//! flight then takes that long, whatever the proxy does. A probe thread per core, pinned and
+//! at a real-time priority above everything the benchmark runs, sleeps [`PERIOD`] at a time
+//! and keeps each wake-up that came more than [`LATE`] after it was due: nothing in the guest
+//! at a lower priority can hold it back, so what delays it is the host (or a kernel section
+//! that cannot be preempted). [`attribute`] then splits a run's slow requests into those in
+//! flight during a stall and the rest, whose worst is the row's own.
+//!
+//! Without a real-time priority (not root, no `CAP_SYS_NICE`) the probe would also see the
+//! proxy's own delays, so it does not run and nothing is attributed to the host.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use serde::Serialize;
+
+use super::process;
+use crate::load::SlowRequests;
+
+/// How long the probe sleeps between looks.
+pub const PERIOD: Duration = Duration::from_millis(2);
+/// A wake-up this much later than due is a stall.
+pub const LATE: Duration = Duration::from_millis(1);
+/// The probe's `SCHED_FIFO` priority: above the benchmark's own real-time processes.
+pub const PRIORITY: u8 = 2;
+/// Stalls kept per core; a host stalling more often than this is reported as it is.
+const MAX_STALLS: usize = 10_000;
+
+/// A time `cpu` was not given back to its probe: from when the probe was due to when it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub cpu: usize,
+    pub from: Instant,
+    pub to: Instant,
+}
+
+// === impl Stall ===
+
+impl Stall {
+    fn micros(&self) -> u64 {
+        u64::try_from(self.to.saturating_duration_since(self.from).as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One probe thread per core, running until [`StallProbe::stop`].
+pub struct StallProbe {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Stall>>>,
+}
+
+// === impl StallProbe ===
+
+impl StallProbe {
+    /// Starts a probe on each of `cpus`, or says why it cannot (no real-time priority here).
+    pub fn start(cpus: &[usize]) -> Result<StallProbe, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut probe = StallProbe {
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        for &cpu in cpus {
+            let (ready, started) = std::sync::mpsc::channel();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("skiff-stall-probe-{cpu}"))
+                .spawn(move || {
+                    let set_up = process::pin_current_thread(cpu).and_then(|()| {
+                        process::set_realtime(process::current_thread_id()?, Some(PRIORITY), false)
+                    });
+                    let ok = set_up.is_ok();
+                    let _ = ready.send(set_up);
+                    if ok { watch(cpu, &stop) } else { Vec::new() }
+                })
+                .map_err(|error| format!("cannot start the stall probe: {error}"))?;
+            probe.threads.push(thread);
+            match started.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    probe.stop();
+                    return Err(reason);
+                }
+                Err(_) => {
+                    probe.stop();
+                    return Err("the stall probe ended at once".into());
+                }
+            }
+        }
+        Ok(probe)
+    }
+
+    /// Stops every probe; the stalls they saw, per core in time order.
+    pub fn stop(self) -> Vec<Stall> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap_or_default())
+            .collect()
+    }
+}
+
+fn watch(cpu: usize, stop: &AtomicBool) -> Vec<Stall> {
+    let mut stalls = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let due = Instant::now() + PERIOD;
+        std::thread::sleep(PERIOD);
+        let woke = Instant::now();
+        if woke.saturating_duration_since(due) > LATE && stalls.len() < MAX_STALLS {
+            stalls.push(Stall {
+                cpu,
+                from: due,
+                to: woke,
+            });
+        }
+    }
+    stalls
+}
+
+/// A latency phase's requests against the host's stalls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostStalls {
+    /// Stalls seen on the cores the row uses.
+    pub stalls: u64,
+    /// The longest of them (µs).
+    pub worst_us: u64,
+    /// Slow requests in flight during one of them.
+    pub requests_in_stalls: u64,
+    /// The slowest request that was not (µs): the row's own worst.
+    pub max_outside_us: u64,
+}
+
+// === impl HostStalls ===
+
+impl HostStalls {
+    /// Several rounds as one: counts summed, the worst of the worsts.
+    pub fn combine(rounds: impl IntoIterator<Item = HostStalls>) -> HostStalls {
+        rounds
+            .into_iter()
+            .fold(HostStalls::default(), |total, round| HostStalls {
+                stalls: total.stalls + round.stalls,
+                worst_us: total.worst_us.max(round.worst_us),
+                requests_in_stalls: total.requests_in_stalls + round.requests_in_stalls,
+                max_outside_us: total.max_outside_us.max(round.max_outside_us),
+            })
+    }
+}
+
+/// Which of `slow`'s requests were in flight during a stall on one of `cpus`, and the worst
+/// of the others. A request overlaps a stall when it was scheduled before the stall ended and
+/// completed after it began. If some slow requests were not kept, none can be cleared, so the
+/// row's worst is `max_us`, the run's own.
+pub fn attribute(slow: &SlowRequests, stalls: &[Stall], cpus: &[usize], max_us: u64) -> HostStalls {
+    let on_cores: Vec<&Stall> = stalls.iter().filter(|s| cpus.contains(&s.cpu)).collect();
+    let mut in_stalls = 0;
+    let mut max_outside_us = slow.max_below_us;
+    for request in &slow.kept {
+        let overlaps = on_cores
+            .iter()
+            .any(|stall| request.scheduled < stall.to && request.done > stall.from);
+        if overlaps {
+            in_stalls += 1;
+        } else {
+            let latency = request.done.saturating_duration_since(request.scheduled);
+            let latency = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            max_outside_us = max_outside_us.max(latency);
+        }
+    }
+    if slow.not_kept > 0 {
+        max_outside_us = max_us;
+    }
+    HostStalls {
+        stalls: on_cores.len() as u64,
+        worst_us: on_cores.iter().map(|s| s.micros()).max().unwrap_or(0),
+        requests_in_stalls: in_stalls,
+        max_outside_us,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::SlowRequest;
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn requests_in_flight_during_a_stall_on_a_used_core_are_the_hosts() {
+        let t = Instant::now();
+        let request = |from, to| SlowRequest {
+            scheduled: at(t, from),
+            done: at(t, to),
+        };
+        let mut slow = SlowRequests::new(Duration::from_millis(1));
+        slow.max_below_us = 900;
+        // Through the stall on core 0 (ms 10–17); ends as it begins; starts after it; on core
+        // 1's stall, which the row does not use; far from both.
+        for (from, to) in [(8, 18), (4, 10), (17, 20), (30, 36), (50, 53)] {
+            slow.kept.push(request(from, to));
+        }
+        let stalls = [
+            Stall {
+                cpu: 0,
+                from: at(t, 10),
+                to: at(t, 17),
+            },
+            Stall {
+                cpu: 1,
+                from: at(t, 31),
+                to: at(t, 35),
+            },
+        ];
+        let core_0 = attribute(&slow, &stalls, &[0], 99_000);
+        assert_eq!(
+            core_0,
+            HostStalls {
+                stalls: 1,
+                worst_us: 7_000,
+                requests_in_stalls: 1,
+                max_outside_us: 6_000,
+            }
+        );
+        let both = attribute(&slow, &stalls, &[0, 1], 99_000);
+        assert_eq!(
+            (both.stalls, both.requests_in_stalls, both.max_outside_us),
+            (2, 2, 6_000)
+        );
+        // Without a slow request outside the stalls, the worst is the fastest requests'.
+        slow.kept
+            .retain(|r| r.done - r.scheduled != Duration::from_millis(6));
+        slow.kept.retain(|r| r.scheduled != at(t, 4));
+        slow.kept.retain(|r| r.scheduled != at(t, 17));
+        let cleared = attribute(&slow, &stalls, &[0, 1], 99_000);
+        assert_eq!(
+            (cleared.requests_in_stalls, cleared.max_outside_us),
+            (1, 3_000)
+        );
+        slow.kept.retain(|r| r.scheduled != at(t, 50));
+        assert_eq!(
+            attribute(&slow, &stalls, &[0, 1], 99_000).max_outside_us,
+            900
+        );
+    }
+
+    #[test]
+    fn nothing_is_cleared_when_slow_requests_were_not_all_kept() {
+        let t = Instant::now();
+        let mut slow = SlowRequests::new(Duration::from_millis(1));
+        slow.kept.push(SlowRequest {
+            scheduled: at(t, 0),
+            done: at(t, 9),
+        });
+        slow.not_kept = 1;
+        let stalls = [Stall {
+            cpu: 0,
+            from: at(t, 1),
+            to: at(t, 8),
+        }];
+        let host = attribute(&slow, &stalls, &[0], 12_345);
+        assert_eq!((host.requests_in_stalls, host.max_outside_us), (1, 12_345));
+    }
+
+    #[test]
+    fn rounds_combine_into_sums_and_worsts() {
+        let round = |stalls, worst_us, requests_in_stalls, max_outside_us| HostStalls {
+            stalls,
+            worst_us,
+            requests_in_stalls,
+            max_outside_us,
+        };
+        let combined = HostStalls::combine([round(1, 7_000, 3, 900), round(2, 4_000, 0, 1_800)]);
+        assert_eq!(combined, round(3, 7_000, 3, 1_800));
+    }
+
+    #[test]
+    fn the_probe_sees_its_core_taken_away() {
+        // Root here: the probe runs at a real-time priority; else it refuses, naming chrt.
+        let probe = match StallProbe::start(&[0]) {
+            Ok(probe) => probe,
+            Err(reason) => {
+                assert!(
+                    reason.contains("chrt") || reason.contains("taskset"),
+                    "{reason}"
+                );
+                return;
+            }
+        };
+        // A thread above the probe's priority keeps core 0 for 30 ms: the probe's wake-up
+        // due in that time comes at its end.
+        let (taken, given_back) = std::thread::spawn(|| {
+            process::pin_current_thread(0).unwrap();
+            let tid = process::current_thread_id().unwrap();
+            process::set_realtime(tid, Some(PRIORITY + 1), false).unwrap();
+            let taken = Instant::now();
+            while taken.elapsed() < Duration::from_millis(30) {
+                std::hint::spin_loop();
+            }
+            let given_back = Instant::now();
+            process::set_realtime(tid, None, false).unwrap();
+            (taken, given_back)
+        })
+        .join()
+        .unwrap();
+        let stalls = probe.stop();
+        let during: Vec<&Stall> = stalls
+            .iter()
+            .filter(|s| s.from < given_back && s.to > taken)
+            .collect();
+        assert!(
+            during.iter().any(|s| s.cpu == 0 && s.micros() >= 20_000),
+            "{stalls:?}"
+        );
+    }
+}
