@@ -988,11 +988,11 @@ fn realtime_check(
         Ok(probe) => {
             probe.stop();
             notes.push(format!(
-                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {} ms sleep woken over {} ms late), and a request slower than {} ms in flight during one is the host's",
+                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {} µs sleep woken over {} µs late), and the stall time a request slower than {} µs overlapped is taken out of its latency for the max without host stalls",
                 stalls::PRIORITY,
-                stalls::PERIOD.as_millis(),
-                stalls::LATE.as_millis(),
-                SLOW_REQUEST.as_millis(),
+                stalls::PERIOD.as_micros(),
+                stalls::LATE.as_micros(),
+                SLOW_REQUEST.as_micros(),
             ));
             Some([proxy_cpu, load_cpu])
         }

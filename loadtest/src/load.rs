@@ -1,8 +1,9 @@
 //! The load generator: open loop at a constant rate (latency from the schedule) or closed loop at full speed.
 //!
-//! Each connection is one task that owns its HTTP connection. In open loop it
-//! sends its share of the schedule (`schedule::connection_indices`) when each
-//! request falls due; a connection still busy with an HTTP/1.1 request sends
+//! Each connection is one task that owns its HTTP connection, opened before the
+//! clock starts (no request's latency holds a connect). In open loop it sends
+//! its share of the schedule (`schedule::connection_indices`) when each request
+//! falls due; a connection still busy with an HTTP/1.1 request sends
 //! the next one late, and the lateness counts as latency. HTTP/2 connections
 //! keep up to `streams_per_connection` requests in flight. Every run is
 //! bounded twice: by its duration (plus one request timeout to finish) and by
@@ -129,6 +130,7 @@ impl LoadOptions {
 pub async fn run(opts: LoadOptions) -> Result<Report, LoadtestError> {
     let plan = Arc::new(Plan::new(&opts).await?);
     let template = report::new_histogram()?;
+    let opened = open_connections(&plan, opts.connections).await;
     let start = Instant::now() + Duration::from_millis(1);
     let run = Arc::new(RunState {
         plan: plan.clone(),
@@ -140,7 +142,7 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadtestError> {
     let mut workers = JoinSet::new();
     let mut pacer = None;
     let mut senders = Vec::new();
-    for connection in 0..opts.connections {
+    for (connection, sender) in opened.into_iter().enumerate() {
         let source = match plan.mode {
             LoadMode::Rate { per_second } if plan.precise_timing => {
                 let (sender, due) = tokio::sync::mpsc::unbounded_channel();
@@ -155,7 +157,13 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadtestError> {
             LoadMode::Max => Source::Shared,
         };
         let target = connection % plan.targets.len();
-        workers.spawn(worker(run.clone(), target, source, template.clone()));
+        workers.spawn(worker(
+            run.clone(),
+            target,
+            source,
+            template.clone(),
+            sender,
+        ));
     }
     if let LoadMode::Rate { per_second } = plan.mode
         && plan.precise_timing
@@ -614,11 +622,11 @@ async fn worker(
     target: usize,
     mut source: Source,
     template: Histogram<u64>,
+    mut sender: Option<Sender>,
 ) -> Tally {
     let plan = run.plan.clone();
     let target = &plan.targets[target];
     let mut tally = Tally::new(template, plan.record_slow_over);
-    let mut sender: Option<Sender> = None;
     let mut in_flight: JoinSet<Exchange> = JoinSet::new();
     let mut exhausted = false;
     let deadline = tokio::time::sleep_until(run.deadline);
@@ -690,6 +698,26 @@ async fn worker(
         }
     }
     tally
+}
+
+/// Opens every connection before the clock starts, so that no request's latency holds a
+/// connect. One that fails here is tried again, and counted, when its first request is due.
+async fn open_connections(plan: &Arc<Plan>, connections: usize) -> Vec<Option<Sender>> {
+    let mut connecting = JoinSet::new();
+    for connection in 0..connections {
+        let plan = plan.clone();
+        connecting.spawn(async move {
+            let target = &plan.targets[connection % plan.targets.len()];
+            (connection, connect(&plan, target).await.ok())
+        });
+    }
+    let mut opened: Vec<Option<Sender>> = (0..connections).map(|_| None).collect();
+    while let Some(joined) = connecting.join_next().await {
+        if let Ok((connection, sender)) = joined {
+            opened[connection] = sender;
+        }
+    }
+    opened
 }
 
 async fn connect(plan: &Plan, target: &Target) -> Result<Sender, ErrorKind> {

@@ -7,8 +7,8 @@
 //! at a real-time priority above everything the benchmark runs, sleeps [`PERIOD`] at a time
 //! and keeps each wake-up that came more than [`LATE`] after it was due: nothing in the guest
 //! at a lower priority can hold it back, so what delays it is the host (or a kernel section
-//! that cannot be preempted). [`attribute`] then splits a run's slow requests into those in
-//! flight during a stall and the rest, whose worst is the row's own.
+//! that cannot be preempted). [`attribute`] then takes each slow request's overlap with the
+//! stalls out of its latency; the worst that remains is the row's own.
 //!
 //! Without a real-time priority (not root, no `CAP_SYS_NICE`) the probe would also see the
 //! proxy's own delays, so it does not run and nothing is attributed to the host.
@@ -25,10 +25,12 @@ use serde::Serialize;
 use super::process;
 use crate::load::SlowRequests;
 
-/// How long the probe sleeps between looks.
-pub const PERIOD: Duration = Duration::from_millis(2);
-/// A wake-up this much later than due is a stall.
-pub const LATE: Duration = Duration::from_millis(1);
+/// How long the probe sleeps between looks: a stall longer than `PERIOD + LATE` cannot fall
+/// between two of them unseen.
+pub const PERIOD: Duration = Duration::from_millis(1);
+/// A wake-up this much later than due is a stall (from when it was due to when it came: the
+/// part before is not counted, so a stall is taken out of a request at its shortest).
+pub const LATE: Duration = Duration::from_micros(300);
 /// The probe's `SCHED_FIFO` priority: above the benchmark's own real-time processes.
 pub const PRIORITY: u8 = 2;
 /// Stalls kept per core; a host stalling more often than this is reported as it is.
@@ -132,8 +134,9 @@ pub struct HostStalls {
     pub worst_us: u64,
     /// Slow requests in flight during one of them.
     pub requests_in_stalls: u64,
-    /// The slowest request that was not (µs): the row's own worst.
-    pub max_outside_us: u64,
+    /// The slowest request with the stall time it overlapped taken out (µs): the row's own
+    /// worst.
+    pub max_without_stalls_us: u64,
 }
 
 // === impl HostStalls ===
@@ -147,39 +150,56 @@ impl HostStalls {
                 stalls: total.stalls + round.stalls,
                 worst_us: total.worst_us.max(round.worst_us),
                 requests_in_stalls: total.requests_in_stalls + round.requests_in_stalls,
-                max_outside_us: total.max_outside_us.max(round.max_outside_us),
+                max_without_stalls_us: total.max_without_stalls_us.max(round.max_without_stalls_us),
             })
     }
 }
 
-/// Which of `slow`'s requests were in flight during a stall on one of `cpus`, and the worst
-/// of the others. A request overlaps a stall when it was scheduled before the stall ended and
-/// completed after it began. If some slow requests were not kept, none can be cleared, so the
-/// row's worst is `max_us`, the run's own.
+/// `slow`'s requests against the stalls on `cpus`: how many were in flight during one, and the
+/// slowest of all with the stall time it overlapped taken out (the stalls of several cores
+/// merged first, so a stall of the whole host counts once). If some slow requests were not
+/// kept, none can be cleared, so the row's worst is `max_us`, the run's own.
 pub fn attribute(slow: &SlowRequests, stalls: &[Stall], cpus: &[usize], max_us: u64) -> HostStalls {
     let on_cores: Vec<&Stall> = stalls.iter().filter(|s| cpus.contains(&s.cpu)).collect();
-    let mut in_stalls = 0;
-    let mut max_outside_us = slow.max_below_us;
-    for request in &slow.kept {
-        let overlaps = on_cores
-            .iter()
-            .any(|stall| request.scheduled < stall.to && request.done > stall.from);
-        if overlaps {
-            in_stalls += 1;
-        } else {
-            let latency = request.done.saturating_duration_since(request.scheduled);
-            let latency = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            max_outside_us = max_outside_us.max(latency);
+    let mut spans: Vec<(Instant, Instant)> = on_cores.iter().map(|s| (s.from, s.to)).collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(Instant, Instant)> = Vec::with_capacity(spans.len());
+    for (from, to) in spans {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
         }
     }
+    let mut in_stalls = 0;
+    let mut max_without_stalls_us = slow.max_below_us;
+    for request in &slow.kept {
+        let overlap: Duration = merged
+            .iter()
+            .map(|(from, to)| {
+                request
+                    .done
+                    .min(*to)
+                    .saturating_duration_since(request.scheduled.max(*from))
+            })
+            .sum();
+        if !overlap.is_zero() {
+            in_stalls += 1;
+        }
+        let own = request
+            .done
+            .saturating_duration_since(request.scheduled)
+            .saturating_sub(overlap);
+        max_without_stalls_us =
+            max_without_stalls_us.max(u64::try_from(own.as_micros()).unwrap_or(u64::MAX));
+    }
     if slow.not_kept > 0 {
-        max_outside_us = max_us;
+        max_without_stalls_us = max_us;
     }
     HostStalls {
         stalls: on_cores.len() as u64,
         worst_us: on_cores.iter().map(|s| s.micros()).max().unwrap_or(0),
         requests_in_stalls: in_stalls,
-        max_outside_us,
+        max_without_stalls_us,
     }
 }
 
@@ -225,28 +245,66 @@ mod tests {
                 stalls: 1,
                 worst_us: 7_000,
                 requests_in_stalls: 1,
-                max_outside_us: 6_000,
+                max_without_stalls_us: 6_000,
             }
         );
         let both = attribute(&slow, &stalls, &[0, 1], 99_000);
         assert_eq!(
-            (both.stalls, both.requests_in_stalls, both.max_outside_us),
+            (
+                both.stalls,
+                both.requests_in_stalls,
+                both.max_without_stalls_us
+            ),
             (2, 2, 6_000)
         );
-        // Without a slow request outside the stalls, the worst is the fastest requests'.
+        // The 10 ms request through the 7 ms stall was 3 ms on its own, as slow as the 3 ms one.
         slow.kept
             .retain(|r| r.done - r.scheduled != Duration::from_millis(6));
-        slow.kept.retain(|r| r.scheduled != at(t, 4));
         slow.kept.retain(|r| r.scheduled != at(t, 17));
         let cleared = attribute(&slow, &stalls, &[0, 1], 99_000);
         assert_eq!(
-            (cleared.requests_in_stalls, cleared.max_outside_us),
+            (cleared.requests_in_stalls, cleared.max_without_stalls_us),
             (1, 3_000)
         );
         slow.kept.retain(|r| r.scheduled != at(t, 50));
         assert_eq!(
-            attribute(&slow, &stalls, &[0, 1], 99_000).max_outside_us,
+            attribute(&slow, &stalls, &[0, 1], 99_000).max_without_stalls_us,
+            3_000
+        );
+        // With no slow request at all, the worst is the fastest requests'.
+        slow.kept.clear();
+        assert_eq!(
+            attribute(&slow, &stalls, &[0, 1], 99_000).max_without_stalls_us,
             900
+        );
+    }
+
+    #[test]
+    fn a_stall_seen_on_both_cores_is_taken_out_once() {
+        let t = Instant::now();
+        let mut slow = SlowRequests::new(Duration::from_millis(1));
+        slow.kept.push(SlowRequest {
+            scheduled: at(t, 0),
+            done: at(t, 12),
+        });
+        // The host stopped both vCPUs for ms 2–9 (seen 2–8 on one, 3–9 on the other).
+        let stalls = [
+            Stall {
+                cpu: 0,
+                from: at(t, 2),
+                to: at(t, 8),
+            },
+            Stall {
+                cpu: 1,
+                from: at(t, 3),
+                to: at(t, 9),
+            },
+        ];
+        let host = attribute(&slow, &stalls, &[0, 1], 12_000);
+        assert_eq!((host.stalls, host.worst_us), (2, 6_000));
+        assert_eq!(
+            (host.requests_in_stalls, host.max_without_stalls_us),
+            (1, 5_000)
         );
     }
 
@@ -265,16 +323,19 @@ mod tests {
             to: at(t, 8),
         }];
         let host = attribute(&slow, &stalls, &[0], 12_345);
-        assert_eq!((host.requests_in_stalls, host.max_outside_us), (1, 12_345));
+        assert_eq!(
+            (host.requests_in_stalls, host.max_without_stalls_us),
+            (1, 12_345)
+        );
     }
 
     #[test]
     fn rounds_combine_into_sums_and_worsts() {
-        let round = |stalls, worst_us, requests_in_stalls, max_outside_us| HostStalls {
+        let round = |stalls, worst_us, requests_in_stalls, max_without_stalls_us| HostStalls {
             stalls,
             worst_us,
             requests_in_stalls,
-            max_outside_us,
+            max_without_stalls_us,
         };
         let combined = HostStalls::combine([round(1, 7_000, 3, 900), round(2, 4_000, 0, 1_800)]);
         assert_eq!(combined, round(3, 7_000, 3, 1_800));

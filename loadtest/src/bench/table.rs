@@ -87,9 +87,9 @@ impl BenchReport {
                 ours.zip(peer).map(|(o, p)| o <= p),
             ));
         }
-        // The row's own worst: outside the host's stalls when they were watched.
+        // The row's own worst: with the host's stalls taken out when they were watched.
         let own_max = |row: &BenchRow| match (&row.host, &row.latency) {
-            (Some(host), Some(_)) => Some(host.max_outside_us),
+            (Some(host), Some(_)) => Some(host.max_without_stalls_us),
             (None, latency) => latency.as_ref().map(|l| l.max_us),
             (Some(_), None) => None,
         };
@@ -97,7 +97,7 @@ impl BenchReport {
         let ms = |us: u64| us as f64 / 1000.0;
         let measured = match (worst_max, &sidecar.host, &sidecar.latency) {
             (Some(m), Some(host), Some(latency)) if host.requests_in_stalls > 0 => format!(
-                "{:.1} ms outside host stalls ({:.1} ms with the {} requests in flight during {} stalls of up to {:.1} ms)",
+                "{:.1} ms with the host's stalls taken out ({:.1} ms as measured; {} requests overlapped {} stalls of up to {:.1} ms)",
                 ms(m),
                 ms(latency.max_us),
                 host.requests_in_stalls,
@@ -227,7 +227,7 @@ impl BenchReport {
         ];
         if host {
             columns.extend([
-                "max outside host stalls",
+                "max, host stalls taken out",
                 "host stalls (worst µs)",
                 "requests in them",
             ]);
@@ -261,7 +261,7 @@ impl BenchReport {
                         let _ = write!(
                             out,
                             " {} | {} ({}) | {} |",
-                            h.max_outside_us, h.stalls, h.worst_us, h.requests_in_stalls
+                            h.max_without_stalls_us, h.stalls, h.worst_us, h.requests_in_stalls
                         );
                     }
                     None => {
