@@ -988,11 +988,11 @@ fn realtime_check(
         Ok(probe) => {
             probe.stop();
             notes.push(format!(
-                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {} µs sleep woken over {} µs late), and the stall time a request slower than {} µs overlapped is taken out of its latency for the max without host stalls",
+                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {:?} sleep woken over {:?} late), and the stall time a request slower than {:?} overlapped is taken out of its latency for the max with host stalls taken out",
                 stalls::PRIORITY,
-                stalls::PERIOD.as_micros(),
-                stalls::LATE.as_micros(),
-                SLOW_REQUEST.as_micros(),
+                stalls::PERIOD,
+                stalls::LATE,
+                SLOW_REQUEST,
             ));
             Some([proxy_cpu, load_cpu])
         }
