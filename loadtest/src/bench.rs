@@ -45,8 +45,6 @@ use telemetry::{OtlpSink, TelemetryFigures};
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(180);
 /// Time budget with `--quick`.
 pub const QUICK_BUDGET: Duration = Duration::from_secs(40);
-/// The latency phase keeps the times of requests slower than this, to match them with stalls.
-const SLOW_REQUEST: Duration = Duration::from_millis(1);
 /// The `SCHED_FIFO` priority of the latency phase's proxy, origin and generator.
 const REALTIME_PRIORITY: u8 = 1;
 /// How long a peer gets to answer its first 200.
@@ -897,7 +895,8 @@ impl Context<'_> {
         let origin_before = origin_stats(&stats_url).await;
         let mut rate = LoadOptions::rate(url, opts.rate, opts.rate_duration);
         rate.connections = opts.rate_connections;
-        rate.record_slow_over = self.realtime.map(|_| SLOW_REQUEST);
+        // Every request's times, to take the host's stalls out of each.
+        rate.record_slow_over = self.realtime.map(|_| Duration::ZERO);
         let realtime = self.realtime_phase(proxy);
         let before = proxy.and_then(Managed::stats);
         let rate_report = run_pinned_at(rate, self.load_cpu, realtime.is_some()).await;
@@ -988,11 +987,10 @@ fn realtime_check(
         Ok(probe) => {
             probe.stop();
             notes.push(format!(
-                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {:?} sleep woken over {:?} late), and the stall time a request slower than {:?} overlapped is taken out of its latency for the max with host stalls taken out",
+                "latency phase: proxy, origin and generator under SCHED_FIFO {REALTIME_PRIORITY} (every row alike), so the guest's own kernel threads cannot hold them up; a probe at SCHED_FIFO {} on each core records host stalls (a {:?} sleep woken over {:?} late), and the stall time each request overlapped is taken out of its latency for the p99 and max with host stalls taken out",
                 stalls::PRIORITY,
                 stalls::PERIOD,
                 stalls::LATE,
-                SLOW_REQUEST,
             ));
             Some([proxy_cpu, load_cpu])
         }

@@ -46,7 +46,7 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Most HTTP/2 streams per connection accepted.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 1_000;
 /// Most slow requests a run keeps the times of (see [`LoadOptions::record_slow_over`]).
-pub const MAX_SLOW_REQUESTS: usize = 100_000;
+pub const MAX_SLOW_REQUESTS: usize = 1_000_000;
 /// Back-off after a failed connect in closed loop, so a dead target is not hammered.
 const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(10);
 

@@ -132,8 +132,11 @@ pub struct HostStalls {
     pub stalls: u64,
     /// The longest of them (µs).
     pub worst_us: u64,
-    /// Slow requests in flight during one of them.
+    /// Requests (of those kept: every one in the benchmark) in flight during one of them.
     pub requests_in_stalls: u64,
+    /// p99 of every request's latency with the stall time it overlapped taken out (µs); only
+    /// when every request was kept. Over rounds: the median, as the other percentiles.
+    pub p99_without_stalls_us: Option<u64>,
     /// The slowest request with the stall time it overlapped taken out (µs): the row's own
     /// worst.
     pub max_without_stalls_us: u64,
@@ -142,16 +145,30 @@ pub struct HostStalls {
 // === impl HostStalls ===
 
 impl HostStalls {
-    /// Several rounds as one: counts summed, the worst of the worsts.
+    /// Several rounds as one: counts summed, the worst of the worsts, the median p99 (of the
+    /// rounds that have one; the lower middle of an even count).
     pub fn combine(rounds: impl IntoIterator<Item = HostStalls>) -> HostStalls {
-        rounds
-            .into_iter()
-            .fold(HostStalls::default(), |total, round| HostStalls {
+        let rounds: Vec<HostStalls> = rounds.into_iter().collect();
+        let mut p99s: Vec<u64> = rounds
+            .iter()
+            .filter_map(|r| r.p99_without_stalls_us)
+            .collect();
+        p99s.sort_unstable();
+        let p99_without_stalls_us =
+            (p99s.len() == rounds.len() && !p99s.is_empty()).then(|| p99s[(p99s.len() - 1) / 2]);
+        rounds.into_iter().fold(
+            HostStalls {
+                p99_without_stalls_us,
+                ..HostStalls::default()
+            },
+            |total, round| HostStalls {
                 stalls: total.stalls + round.stalls,
                 worst_us: total.worst_us.max(round.worst_us),
                 requests_in_stalls: total.requests_in_stalls + round.requests_in_stalls,
                 max_without_stalls_us: total.max_without_stalls_us.max(round.max_without_stalls_us),
-            })
+                p99_without_stalls_us,
+            },
+        )
     }
 }
 
@@ -172,6 +189,10 @@ pub fn attribute(slow: &SlowRequests, stalls: &[Stall], cpus: &[usize], max_us: 
     }
     let mut in_stalls = 0;
     let mut max_without_stalls_us = slow.max_below_us;
+    // With every request kept (`over_us` 0), their percentiles too.
+    let mut every = (slow.over_us == 0 && slow.not_kept == 0)
+        .then(crate::load::report::new_histogram)
+        .and_then(Result::ok);
     for request in &slow.kept {
         let overlap: Duration = merged
             .iter()
@@ -189,8 +210,11 @@ pub fn attribute(slow: &SlowRequests, stalls: &[Stall], cpus: &[usize], max_us: 
             .done
             .saturating_duration_since(request.scheduled)
             .saturating_sub(overlap);
-        max_without_stalls_us =
-            max_without_stalls_us.max(u64::try_from(own.as_micros()).unwrap_or(u64::MAX));
+        let own_us = u64::try_from(own.as_micros()).unwrap_or(u64::MAX);
+        max_without_stalls_us = max_without_stalls_us.max(own_us);
+        if let Some(every) = &mut every {
+            every.saturating_record(own_us);
+        }
     }
     if slow.not_kept > 0 {
         max_without_stalls_us = max_us;
@@ -200,6 +224,9 @@ pub fn attribute(slow: &SlowRequests, stalls: &[Stall], cpus: &[usize], max_us: 
         worst_us: on_cores.iter().map(|s| s.micros()).max().unwrap_or(0),
         requests_in_stalls: in_stalls,
         max_without_stalls_us,
+        p99_without_stalls_us: every
+            .filter(|h| !h.is_empty())
+            .map(|h| h.value_at_quantile(0.99)),
     }
 }
 
@@ -246,6 +273,8 @@ mod tests {
                 worst_us: 7_000,
                 requests_in_stalls: 1,
                 max_without_stalls_us: 6_000,
+                // Only the slow requests were kept: no percentiles.
+                p99_without_stalls_us: None,
             }
         );
         let both = attribute(&slow, &stalls, &[0, 1], 99_000);
@@ -330,15 +359,65 @@ mod tests {
     }
 
     #[test]
-    fn rounds_combine_into_sums_and_worsts() {
-        let round = |stalls, worst_us, requests_in_stalls, max_without_stalls_us| HostStalls {
+    fn rounds_combine_into_sums_worsts_and_the_median_p99() {
+        let round = |stalls, worst_us, requests_in_stalls, max, p99| HostStalls {
             stalls,
             worst_us,
             requests_in_stalls,
-            max_without_stalls_us,
+            max_without_stalls_us: max,
+            p99_without_stalls_us: p99,
         };
-        let combined = HostStalls::combine([round(1, 7_000, 3, 900), round(2, 4_000, 0, 1_800)]);
-        assert_eq!(combined, round(3, 7_000, 3, 1_800));
+        let combined = HostStalls::combine([
+            round(1, 7_000, 3, 900, Some(400)),
+            round(2, 4_000, 0, 1_800, Some(900)),
+            round(0, 0, 0, 700, Some(500)),
+        ]);
+        assert_eq!(combined, round(3, 7_000, 3, 1_800, Some(500)));
+        let one_without = HostStalls::combine([
+            round(1, 7_000, 3, 900, Some(400)),
+            round(0, 0, 0, 700, None),
+        ]);
+        assert_eq!(one_without.p99_without_stalls_us, None);
+    }
+
+    #[test]
+    fn with_every_request_kept_the_p99_has_the_stalls_taken_out_too() {
+        let t = Instant::now();
+        let mut every = SlowRequests::new(Duration::ZERO);
+        for i in 0..98 {
+            let scheduled = at(t, i);
+            every.record(
+                200,
+                SlowRequest {
+                    scheduled,
+                    done: scheduled + Duration::from_micros(200),
+                },
+            );
+        }
+        // Two requests of 10 ms through a 9.5 ms stall that began 1 ms into the first: 1 ms and
+        // 0.5 ms on their own; the 99th of the 100 latencies is the 0.5 ms one.
+        for i in [200, 201] {
+            let scheduled = at(t, i);
+            every.record(
+                10_000,
+                SlowRequest {
+                    scheduled,
+                    done: scheduled + Duration::from_millis(10),
+                },
+            );
+        }
+        let stalls = [Stall {
+            cpu: 0,
+            from: at(t, 201),
+            to: at(t, 201) + Duration::from_micros(9_500),
+        }];
+        let host = attribute(&every, &stalls, &[0], 10_000);
+        assert_eq!(host.p99_without_stalls_us, Some(500));
+        assert_eq!(host.requests_in_stalls, 2);
+        let no_stalls = attribute(&every, &[], &[0], 10_000);
+        // (3 significant digits: 10 ms is recorded in a bucket that ends at 10.007 ms.)
+        let as_measured = no_stalls.p99_without_stalls_us.unwrap();
+        assert!((10_000..10_010).contains(&as_measured), "{as_measured}");
     }
 
     #[test]

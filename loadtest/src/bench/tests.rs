@@ -274,6 +274,7 @@ fn the_max_is_judged_with_the_hosts_stalls_taken_out_when_they_were_watched() {
         worst_us: 6_900,
         requests_in_stalls,
         max_without_stalls_us,
+        p99_without_stalls_us: None,
     };
     let report = |sidecar: BenchRow| {
         report_of(vec![
@@ -325,6 +326,7 @@ fn the_max_is_judged_with_the_hosts_stalls_taken_out_when_they_were_watched() {
             worst_us: 6_900,
             requests_in_stalls: 3,
             max_without_stalls_us: 2_500,
+            p99_without_stalls_us: None,
         })
     );
     let partly = super::median_row(vec![
@@ -332,4 +334,53 @@ fn the_max_is_judged_with_the_hosts_stalls_taken_out_when_they_were_watched() {
         with_max("skiff sidecar", 3_000, None),
     ]);
     assert_eq!(partly.host, None);
+}
+
+#[test]
+fn the_p99_is_compared_with_the_hosts_stalls_taken_out_when_every_row_has_it() {
+    use super::stalls::HostStalls;
+    let with_p99 = |peer: &str, raw: u64, taken_out: Option<u64>| BenchRow {
+        host: Some(HostStalls {
+            p99_without_stalls_us: taken_out,
+            ..HostStalls::default()
+        }),
+        ..row(peer, 70_000.0, 15.0, 200, raw)
+    };
+    let p99_check = |sidecar_taken_out: Option<u64>| {
+        let sidecar = with_p99("skiff sidecar", 700, sidecar_taken_out);
+        let report = report_of(vec![
+            with_p99("direct", 150, Some(140)),
+            with_p99("HAProxy", 600, Some(500)),
+            with_p99("nginx", 650, Some(480)),
+            sidecar.clone(),
+        ]);
+        let markdown = report.to_markdown();
+        let check = report
+            .proxy_checks(&sidecar)
+            .into_iter()
+            .find(|c| c.what.starts_with("added p99"))
+            .unwrap();
+        (check, markdown)
+    };
+    // As measured +550 against +450 (missed); taken out +320 against +340: met.
+    let (check, markdown) = p99_check(Some(460));
+    assert_eq!(check.met, Some(true), "{check:?}");
+    assert_eq!(
+        check.measured,
+        "+320 µs with the host's stalls taken out (+550 µs as measured, better peer +450)"
+    );
+    assert_eq!(check.target, "≤ +340 µs (better peer)");
+    assert!(
+        markdown.contains("| p99, host stalls taken out |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| 460 | 0 | 0 (0) | 0 |"), "{markdown}");
+    // Taken out but worse than the better peer: missed.
+    assert_eq!(p99_check(Some(500)).0.met, Some(false));
+    // The sidecar's row has none: every row is compared as measured.
+    let (check, _) = p99_check(None);
+    assert_eq!(
+        (check.met, check.measured.as_str()),
+        (Some(false), "+550 µs")
+    );
 }
