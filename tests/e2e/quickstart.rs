@@ -90,6 +90,40 @@ impl Up {
     }
 }
 
+/// Where each thread of a hung process is: its state and kernel wait channel from /proc, and
+/// every thread's backtrace when gdb is installed (bounded by `timeout`).
+fn dump_threads(pid: u32) {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            eprintln!(
+                "thread {} {}: state {state}, wchan {}",
+                task.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan").trim()
+            );
+        }
+    }
+    let _ = Command::new("timeout")
+        .args([
+            "20",
+            "gdb",
+            "-batch",
+            "-p",
+            &pid.to_string(),
+            "-ex",
+            "thread apply all bt",
+        ])
+        .status();
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
@@ -100,7 +134,8 @@ impl Drop for Up {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if self.child.try_wait().ok().flatten().is_none() {
-                eprintln!("skiff up did not stop after SIGINT; killing it");
+                eprintln!("skiff up did not stop after SIGINT; its threads, then killing it");
+                dump_threads(self.child.id());
                 let _ = self.child.kill();
             }
         }
