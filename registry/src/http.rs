@@ -302,12 +302,15 @@ async fn watch_namespace(state: &HttpState, query: &str) -> Response<Body> {
     let _gauge = Decrement(&m.watchers);
     loop {
         changes.borrow_and_update();
-        match state
+        // Bound first: a guard in the `match` scrutinee would live through the arms, and
+        // `snapshot_response` reads the catalog again — with a writer queued in between, the
+        // second read waits for the writer, which waits for the first read: a deadlock.
+        let revision = state
             .catalog
             .read()
             .namespace_by_name(&ns)
-            .map(|n| n.revision)
-        {
+            .map(|n| n.revision);
+        match revision {
             Some(rev) if rev > since => return snapshot_response(state, &ns),
             Some(_) => {}
             None if since == 0 => {}
