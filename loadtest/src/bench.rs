@@ -934,11 +934,7 @@ impl Context<'_> {
     /// probe, when the run has them; the probe and the cores the row's requests cross.
     fn realtime_phase(&self, proxy: Option<&Managed>) -> Option<(StallProbe, Vec<usize>)> {
         let [proxy_cpu, load_cpu] = self.realtime?;
-        for pid in proxy.map(|p| p.pid).into_iter().chain(self.origin_pid) {
-            if let Err(error) = process::set_realtime(pid, Some(REALTIME_PRIORITY), true) {
-                tracing::warn!(%error, pid, "cannot give the latency phase a real-time priority");
-            }
-        }
+        self.set_priority(proxy, Some(REALTIME_PRIORITY));
         let cpus = match proxy {
             Some(_) => vec![proxy_cpu, load_cpu],
             None => vec![load_cpu],
@@ -954,12 +950,17 @@ impl Context<'_> {
     }
 
     fn normal_priority(&self, proxy: Option<&Managed>) {
-        if self.realtime.is_none() {
-            return;
+        if self.realtime.is_some() {
+            self.set_priority(proxy, None);
         }
+    }
+
+    /// Every thread of the proxy under test and of the child origin under `SCHED_FIFO` at
+    /// `priority`, or back under `SCHED_OTHER` with `None`.
+    fn set_priority(&self, proxy: Option<&Managed>, priority: Option<u8>) {
         for pid in proxy.map(|p| p.pid).into_iter().chain(self.origin_pid) {
-            if let Err(error) = process::set_realtime(pid, None, true) {
-                tracing::warn!(%error, pid, "cannot put a process back to normal priority");
+            if let Err(error) = process::set_realtime(pid, priority, true) {
+                tracing::warn!(%error, pid, ?priority, "cannot change a process's scheduling");
             }
         }
     }

@@ -239,32 +239,34 @@ mod tests {
         base + Duration::from_millis(ms)
     }
 
+    /// A request from ms `from` to ms `to` after `base`.
+    fn request(base: Instant, from: u64, to: u64) -> SlowRequest {
+        SlowRequest {
+            scheduled: at(base, from),
+            done: at(base, to),
+        }
+    }
+
+    /// A stall of `cpu` from ms `from` to ms `to` after `base`.
+    fn stall(cpu: usize, base: Instant, from: u64, to: u64) -> Stall {
+        Stall {
+            cpu,
+            from: at(base, from),
+            to: at(base, to),
+        }
+    }
+
     #[test]
     fn requests_in_flight_during_a_stall_on_a_used_core_are_the_hosts() {
         let t = Instant::now();
-        let request = |from, to| SlowRequest {
-            scheduled: at(t, from),
-            done: at(t, to),
-        };
         let mut slow = SlowRequests::new(Duration::from_millis(1));
         slow.max_below_us = 900;
         // Through the stall on core 0 (ms 10–17); ends as it begins; starts after it; on core
         // 1's stall, which the row does not use; far from both.
         for (from, to) in [(8, 18), (4, 10), (17, 20), (30, 36), (50, 53)] {
-            slow.kept.push(request(from, to));
+            slow.kept.push(request(t, from, to));
         }
-        let stalls = [
-            Stall {
-                cpu: 0,
-                from: at(t, 10),
-                to: at(t, 17),
-            },
-            Stall {
-                cpu: 1,
-                from: at(t, 31),
-                to: at(t, 35),
-            },
-        ];
+        let stalls = [stall(0, t, 10, 17), stall(1, t, 31, 35)];
         let core_0 = attribute(&slow, &stalls, &[0], 99_000);
         assert_eq!(
             core_0,
@@ -312,23 +314,9 @@ mod tests {
     fn a_stall_seen_on_both_cores_is_taken_out_once() {
         let t = Instant::now();
         let mut slow = SlowRequests::new(Duration::from_millis(1));
-        slow.kept.push(SlowRequest {
-            scheduled: at(t, 0),
-            done: at(t, 12),
-        });
+        slow.kept.push(request(t, 0, 12));
         // The host stopped both vCPUs for ms 2–9 (seen 2–8 on one, 3–9 on the other).
-        let stalls = [
-            Stall {
-                cpu: 0,
-                from: at(t, 2),
-                to: at(t, 8),
-            },
-            Stall {
-                cpu: 1,
-                from: at(t, 3),
-                to: at(t, 9),
-            },
-        ];
+        let stalls = [stall(0, t, 2, 8), stall(1, t, 3, 9)];
         let host = attribute(&slow, &stalls, &[0, 1], 12_000);
         assert_eq!((host.stalls, host.worst_us), (2, 6_000));
         assert_eq!(
@@ -341,16 +329,9 @@ mod tests {
     fn nothing_is_cleared_when_slow_requests_were_not_all_kept() {
         let t = Instant::now();
         let mut slow = SlowRequests::new(Duration::from_millis(1));
-        slow.kept.push(SlowRequest {
-            scheduled: at(t, 0),
-            done: at(t, 9),
-        });
+        slow.kept.push(request(t, 0, 9));
         slow.not_kept = 1;
-        let stalls = [Stall {
-            cpu: 0,
-            from: at(t, 1),
-            to: at(t, 8),
-        }];
+        let stalls = [stall(0, t, 1, 8)];
         let host = attribute(&slow, &stalls, &[0], 12_345);
         assert_eq!(
             (host.requests_in_stalls, host.max_without_stalls_us),
